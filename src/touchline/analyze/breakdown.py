@@ -1,0 +1,134 @@
+"""Breakdowns: split users (or events) by an event property, a profile property or segments.
+
+``{"property": "channel"}`` splits by an event property (which event of a user decides
+is up to the analysis: funnels use their attribution rule), ``{"property": "group",
+"on": "profile"}`` (or ``user.group``) by a profile property, ``{"segments": ["a", "b"]}``
+by saved segments (a user may fall in several). At most ``limit`` values (default 20)
+are kept, the largest; the rest are summed as ``(other)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InvalidInput
+from ..track.records import NAME_RE
+from .cache import EventCache
+
+__all__ = ["NONE_LABEL", "OTHER_LABEL", "Breakdown", "SegmentResolver", "parse_breakdown",
+           "user_splits"]
+
+NONE_LABEL = "(none)"
+OTHER_LABEL = "(other)"
+# (project, segment name) -> user ids of its members
+SegmentResolver = Callable[[str, str], Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    prop: str | None
+    on: str  # event | profile | segment
+    segments: tuple[str, ...] = ()
+    attribution: str = "first"  # funnels: first | last | step
+    step: int = 0
+    limit: int = 20
+
+    def split(
+        self,
+        cache: EventCache,
+        users: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.int64] | None,
+        resolver: SegmentResolver | None,
+        project: str,
+    ) -> list[tuple[str, npt.NDArray[np.bool_]]]:
+        """Labels and, per label, which of ``users`` (dense indexes) fall under it.
+
+        ``rows`` gives, per user, the event row whose property decides (event
+        breakdowns only; -1 means none).
+        """
+        if self.on == "segment":
+            if resolver is None:
+                raise InvalidInput("breakdown.segments", "segments are not available here")
+            out = []
+            for name in self.segments:
+                members = cache.user_positions(resolver(project, name))
+                mask = np.zeros(cache.n_users, bool)
+                mask[members] = True
+                out.append((name, mask[users]))
+            return out
+        assert self.prop is not None
+        if self.on == "profile":
+            col = cache.profile_prop(self.prop)
+            codes = col.codes[users]
+        else:
+            if rows is None:
+                raise InvalidInput("breakdown.property", "event breakdowns need an event per user")
+            col = cache.prop(self.prop)
+            codes = np.where(rows >= 0, col.codes[np.maximum(rows, 0)], -1)
+        return label_masks(codes, col.values, self.limit)
+
+
+def label_masks(codes: npt.NDArray[np.int32], values: Sequence[str], limit: int,
+                ) -> list[tuple[str, npt.NDArray[np.bool_]]]:
+    """Group positions by their value code: the ``limit`` most common, then the rest."""
+    shifted = codes.astype(np.int64) + 1  # 0 = unset
+    counts = np.bincount(shifted, minlength=len(values) + 1)
+    present = [c for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    keep = present[:limit]
+    out: list[tuple[str, npt.NDArray[np.bool_]]] = []
+    for c in keep:
+        out.append((NONE_LABEL if c == 0 else values[c - 1], shifted == c))
+    if len(present) > limit:
+        out.append((OTHER_LABEL, ~np.isin(shifted, keep)))
+    return out
+
+
+def user_splits(cache: EventCache, raw: Any, resolver: SegmentResolver | None, project: str,
+                what: str) -> dict[str, npt.NDArray[np.bool_]]:
+    """Per label, a mask over all users, for analyses that split users rather than
+    events (``what`` names the analysis in the error for an event property)."""
+    bd = parse_breakdown(raw)
+    if bd is None:
+        return {}
+    if bd.on == "event":
+        raise InvalidInput("breakdown.property",
+                           f"{what} splits by a profile property (user.NAME) or segments")
+    users = np.arange(cache.n_users, dtype=np.int64)
+    return dict(bd.split(cache, users, None, resolver, project))
+
+
+def parse_breakdown(raw: Any, field: str = "breakdown") -> Breakdown | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(field, "must be an object")
+    limit = raw.get("limit", 20)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidInput(f"{field}.limit", "must be an integer from 1 to 1000")
+    attribution = raw.get("attribution", "first")
+    if attribution not in ("first", "last", "step"):
+        raise InvalidInput(f"{field}.attribution", "must be first, last or step")
+    step = raw.get("step", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise InvalidInput(f"{field}.step", "must be a step number starting at 1")
+    if "segments" in raw:
+        segs = raw["segments"]
+        if not isinstance(segs, list) or not segs or not all(isinstance(s, str) for s in segs):
+            raise InvalidInput(f"{field}.segments", "must be a non-empty list of segment names")
+        return Breakdown(None, "segment", tuple(segs), limit=limit)
+    prop = raw.get("property")
+    if not isinstance(prop, str):
+        raise InvalidInput(f"{field}.property", "is required (or give segments)")
+    on = raw.get("on", "event")
+    if prop.startswith("user."):
+        prop, on = prop[5:], "profile"
+    if on not in ("event", "profile"):
+        raise InvalidInput(f"{field}.on", "must be event or profile")
+    if not NAME_RE.match(prop):
+        raise InvalidInput(f"{field}.property", "must be a valid property name")
+    return Breakdown(prop, on, attribution=attribution, step=step - 1, limit=limit)

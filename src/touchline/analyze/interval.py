@@ -1,0 +1,58 @@
+"""Interval: the time between two events per user, as percentiles and a histogram.
+
+Spec: ``{"start": {"event": "submit_order"}, "end": {"event": "food_ready"},
+"mode": "first" | "each", "buckets": ["1m", "5m", "15m", "1h", "1d"]}``. ``first``
+measures from each user's first start in the range to the next end; ``each`` pairs
+every start with the next end after it (with start = end: the gaps between repeats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InvalidInput
+from .context import Context, parse_event_sel
+from .distribution import bucket_rows
+from .kernels import interval_pass
+from .result import Result, i64, lazy_frame, pct
+from .spec import opt_str, parse_duration
+
+__all__ = ["run"]
+
+DEFAULT = ("1m", "5m", "15m", "30m", "1h", "3h", "12h", "1d", "3d", "7d", "30d")
+
+
+def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
+    cache = ctx.cache
+    a = parse_event_sel(spec.get("start"), "start")
+    b = parse_event_sel(spec.get("end"), "end")
+    each = opt_str(spec, "mode", "first", choices=("first", "each")) == "each"
+    raw = spec.get("buckets", list(DEFAULT))
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("buckets", "must be a non-empty list of durations")
+    edges = [0.0, *sorted({float(parse_duration(x, f"buckets[{i}]")) for i, x in enumerate(raw)})]
+    out_ms = np.empty(cache.n, np.int64)
+    out_user = np.empty(cache.n, np.int64)
+    n = interval_pass(cache.ustart, cache.times, ctx.mask(a), ctx.mask(b), ctx.common.start_ms,
+                      ctx.common.end_ms, each, out_ms, out_user)
+    ms, users = out_ms[:n], out_user[:n]
+    buckets, idx = bucket_rows(ms, edges, "ms")
+    for bk in buckets:
+        bk["intervals"] = bk.pop("users")
+    data = {"intervals": int(n), "users": len(np.unique(users)),
+            "average_ms": float(ms.mean()) if n else None,
+            "percentiles_ms": {f"p{q}": pct(ms, q) for q in (10, 25, 50, 75, 90, 99)},
+            "buckets": buckets}
+
+    def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
+        kind, _, arg = cell.partition(":")
+        if kind != "bucket" or not arg.isdigit() or int(arg) >= len(edges):
+            return None
+        return i64(users[idx == int(arg)])
+
+    return Result("interval", ctx.common.project, data, {"buckets": lazy_frame(buckets)},
+                  cell_users, cache)

@@ -1,0 +1,179 @@
+"""The open stores, clock and settings of one data directory.
+
+Features receive a :class:`Runtime` through the hooks in :mod:`touchline.plugins`.
+Attributes:
+
+- ``settings``: :class:`touchline.config.Settings`
+- ``clock``: :class:`touchline.clock.Clock`
+- ``state``: the state store (``touchline.store.state``), transactional truth
+- ``events``: the event store (``touchline.store.events``), analytical
+- ``plugins``: the pluggy plugin manager
+- ``log`` / ``pipeline`` / ``sink``: the ingest log, the pipeline that drains it, and
+  the sink collectors submit to (None when opened without ingest)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .clock import Clock, SystemClock
+from .config import Settings
+from .track.sink import Project
+
+__all__ = ["Runtime", "StateProjects", "open_runtime"]
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    state: Any
+    events: Any
+    plugins: Any
+    log: Any = None
+    pipeline: Any = None
+    sink: Any = None
+    dispatcher: Any = None
+    admin_token: str = ""
+    new_admin_token: bool = False
+    _workers: list[Any] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def projects(self) -> StateProjects:
+        return StateProjects(self.state)
+
+    def start_workers(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        if self.pipeline is not None:
+            self.pipeline.start()
+        for group in self.plugins.hook.workers(runtime=self):
+            for worker in group or []:
+                worker.start()
+                self._workers.append(worker)
+
+    def stop_workers(self) -> None:
+        # Ingest first: everything acknowledged reaches the stores before the rest stops.
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        for worker in reversed(self._workers):
+            worker.stop()
+        self._workers.clear()
+
+    def close(self) -> None:
+        self.stop_workers()
+        if self.log is not None:
+            self.log.close()
+        self.events.close()
+        self.state.close()
+
+
+class StateProjects:
+    """The project directory collectors use, read from the state store.
+
+    Lookups are cached for a second: a collector asks on every request, and a project
+    created from the CLI must show up without a restart.
+    """
+
+    _ttl = 1.0
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self._loaded = 0.0
+        self._by_name: dict[str, Project] = {}
+        self._by_key: dict[str, Project] = {}
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._loaded < self._ttl:
+            return
+        with self._state.transaction(read_only=True) as tx:
+            projects = list(tx.list_projects())
+        self._by_name = {p.name: p for p in projects}
+        self._by_key = {p.write_key: p for p in projects}
+        self._loaded = now
+
+    def by_name(self, name: str) -> Project | None:
+        self._refresh()
+        return self._by_name.get(name)
+
+    def by_write_key(self, key: str) -> Project | None:
+        self._refresh()
+        return self._by_key.get(key)
+
+
+def _admin_token(settings: Settings) -> tuple[str, bool]:
+    if settings.admin_token:
+        return settings.admin_token, False
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    if path.is_file():
+        return path.read_text().strip(), False
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
+
+
+def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool = True) -> Runtime:
+    """Open the stores of a data directory (creating it on first use)."""
+    from .dispatch import EventDispatcher
+    from .plugins import plugin_manager
+    from .store.events import open_event_store
+    from .store.state import open_state_store
+    from .track.ingest import IngestPipeline, LogSink
+    from .track.log import IngestLog
+    from .track.stitch import StitchPolicy
+
+    clock = clock or SystemClock()
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pm = plugin_manager()
+    state = open_state_store(settings.state_url, data_dir, time_zone=settings.time_zone)
+    try:
+        for schemas in pm.hook.state_schema():
+            for name, statements in (schemas or {}).items():
+                state.ensure_schema(name, statements)
+        with state.transaction() as tx:
+            if tx.get_project("default") is None:
+                tx.create_project("default", time_zone=settings.time_zone)
+        events = open_event_store(data_dir)
+    except BaseException:
+        state.close()
+        raise
+    token, new = _admin_token(settings)
+    rt = Runtime(settings=settings, clock=clock, state=state, events=events, plugins=pm,
+                 admin_token=token, new_admin_token=new)
+    if ingest:
+        log = IngestLog(data_dir / "log", fsync=settings.log_fsync,
+                        segment_bytes=settings.log_segment_bytes)
+        policy = StitchPolicy.from_settings(settings)
+
+        def deliver(table: pa.Table) -> None:
+            pm.hook.on_events(runtime=rt, events=table)
+
+        rt.dispatcher = EventDispatcher(deliver)
+        rt.log = log
+        rt.sink = LogSink(log)
+        rt.pipeline = IngestPipeline(
+            log=log, state=state, events=events, policy=policy, clock=clock,
+            batch_events=settings.ingest_batch_events, interval_ms=settings.ingest_interval_ms,
+            dedupe_horizon_ms=settings.dedupe_hours * 3600 * 1000,
+            on_commit=rt.dispatcher.submit,
+        )
+    return rt

@@ -1,0 +1,544 @@
+"""Bulk import of event files: Sensors NDJSON, Segment NDJSON, CSV, Parquet.
+
+Files are read in chunks of lines. Each chunk is validated (Sensors: columnar, see
+:mod:`touchline.track.bulk_validate`; Segment: the collector's decoder per message;
+CSV and Parquet: SQL over DuckDB's own readers), bad lines are reported as
+(file, line, field, rule), and the good ones are stitched and loaded:
+
+- the common case, a track event with one identity, resolves in bulk through
+  :func:`touchline.track.stitch.ensure_profiles` (per chunk and identity type, only
+  the values this import has not resolved yet); event counts and first/last seen
+  are added with one :func:`touchline.track.stitch.touch_profiles` at the end;
+- every other record (sign-ups, binds, unbinds, profile and item operations) goes
+  through :func:`touchline.track.stitch.apply_records`, in file order.
+
+Events are appended to the event store in one transaction per chunk, without
+touching the ingest offset. Exact duplicates (same event id) are dropped, within the
+import and against events the store received during the dedupe horizon, so running
+the same import twice loads nothing the second time. At the end the project's
+replica of profiles, identities, items and merges is rebuilt from the state store.
+
+Differences from the live collector, on purpose: ``_flush_time`` (Sensors) and
+``sentAt`` (Segment) correct a live client's clock against the moment of receipt;
+a file's records were received long ago, so their times are kept as written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..clock import Clock, SystemClock
+from ..errors import InvalidInput
+from ..store.batch import EVENT_SCHEMA, IngestBatch, StateOutcome
+from ..store.events.base import EventStore
+from .bulk_validate import (
+    BULK_SCHEMA,
+    BulkChunk,
+    ImportIssue,
+    check_sensors_wire,
+    read_tabular,
+    stage_sensors,
+    validate_columns,
+)
+from .dedupe import DuplicateFilter, event_key
+from .records import Record
+from .sink import Project, StaticProjects
+
+__all__ = ["FORMATS", "ImportProgress", "ImportReport", "import_files"]
+
+Format = Literal["sensors", "segment", "csv", "parquet"]
+FORMATS: tuple[str, ...] = ("sensors", "segment", "csv", "parquet")
+SOURCES: dict[str, str] = {"sensors": "sensors", "segment": "segment", "csv": "import",
+                           "parquet": "import"}
+
+MAX_ISSUES = 1000  # issues kept in the report; all of them are counted
+CHUNK_BYTES = 8 * 1024 * 1024
+DEDUPE_HORIZON_MS = 48 * 3600 * 1000
+MAX_PENDING_EVENTS = 20_000_000  # events whose profile counts wait for one write
+APPEND_ROWS = 200_000
+
+
+@dataclass
+class ImportProgress:
+    path: str
+    bytes_read: int
+    bytes_total: int
+    lines: int
+    loaded: int
+    rejected: int
+
+
+@dataclass
+class ImportReport:
+    files: list[str] = field(default_factory=list)
+    lines: int = 0
+    loaded: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    blank: int = 0
+    seconds: float = 0.0
+    issues: list[ImportIssue] = field(default_factory=list)
+    # Seconds spent per phase (parse_python, validate_sql_wait, decode_others, stitch,
+    # append, replica): where an import's time goes.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
+
+    @property
+    def events_per_s(self) -> float:
+        return self.loaded / self.seconds if self.seconds > 0 else 0.0
+
+    def reject(self, issue: ImportIssue) -> None:
+        self.rejected += 1
+        if len(self.issues) < MAX_ISSUES:
+            self.issues.append(issue)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files, "lines": self.lines, "loaded": self.loaded,
+            "rejected": self.rejected, "duplicates": self.duplicates, "blank": self.blank,
+            "seconds": round(self.seconds, 3), "events_per_s": round(self.events_per_s),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "issues": [i.as_dict() for i in self.issues],
+            "issues_truncated": self.rejected > len(self.issues),
+        }
+
+
+def import_files(
+    paths: Sequence[str | Path],
+    *,
+    project: str,
+    fmt: str,
+    event_store: EventStore,
+    state_store: Any,
+    progress: Callable[[ImportProgress], None] | None = None,
+    clock: Clock | None = None,
+    policy: Any = None,
+    time_window: bool = True,
+    chunk_bytes: int = CHUNK_BYTES,
+    workers: int | None = None,
+) -> ImportReport:
+    """Import files of one format into ``project``; see the module docstring.
+
+    ``workers``: processes for the Sensors Python pass on large files (default: the
+    CPU count, at most 4; 1 keeps everything in this process).
+    """
+    from .stitch import StitchPolicy
+
+    if fmt not in FORMATS:
+        raise InvalidInput("fmt", f"one of {', '.join(FORMATS)}")
+    for index, raw_path in enumerate(paths):
+        if not Path(raw_path).is_file():
+            raise InvalidInput(f"paths[{index}]", f"{raw_path}: not a readable file")
+    clock = clock or SystemClock()
+    loader = _Loader(
+        project=project, event_store=event_store, state_store=state_store,
+        policy=policy or StitchPolicy(), now_ms=clock.now_ms(), source=SOURCES[fmt],
+    )
+    report = ImportReport()
+    started = time.perf_counter()
+    con = duckdb.connect()
+    try:
+        for raw_path in paths:
+            path = Path(raw_path)
+            report.files.append(str(path))
+            if fmt == "sensors":
+                _import_sensors(path, loader, report, con, progress, time_window, chunk_bytes,
+                                workers if workers is not None else min(4, os.cpu_count() or 1))
+            elif fmt == "segment":
+                _import_segment(path, loader, report, progress, chunk_bytes)
+            else:
+                _import_tabular(path, fmt, loader, report, con, progress, time_window)
+    except BaseException:
+        # What was stitched so far is kept: append and count it if possible.
+        with contextlib.suppress(Exception):
+            loader.flush_events(report)
+            loader.flush_counts()
+        con.close()
+        raise
+    try:
+        loader.flush_events(report)
+        with report.timed("stitch"):
+            loader.flush_counts()
+        with report.timed("replica"):
+            loader.refresh_replica()
+        # Issues arrive by kind within a chunk (bad JSON, SQL checks, stitching).
+        order = {name: i for i, name in enumerate(report.files)}
+        report.issues.sort(key=lambda issue: (order.get(issue.path, 0), issue.line))
+    finally:
+        con.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# -- reading lines ----------------------------------------------------------------------
+
+
+@dataclass
+class _Block:
+    """Whole lines of a file: their bytes, the number of the first, how many."""
+
+    first: int
+    data: bytes
+    count: int
+    done: int  # bytes of the file read so far
+
+
+def _blocks(path: Path, chunk_bytes: int) -> Iterator[_Block]:
+    line_no = 1
+    done = 0
+    rest = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_bytes)
+            if not block:
+                break
+            done += len(block)
+            data = rest + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            rest = data[cut + 1:]
+            count = data.count(b"\n", 0, cut) + 1
+            yield _Block(line_no, data[:cut], count, done)
+            line_no += count
+    if rest:
+        yield _Block(line_no, rest, rest.count(b"\n") + 1, done)
+
+
+def _report_progress(
+    progress: Callable[[ImportProgress], None] | None, path: Path, done: int,
+    report: ImportReport,
+) -> None:
+    if progress is not None:
+        progress(ImportProgress(str(path), done, path.stat().st_size, report.lines,
+                                report.loaded, report.rejected))
+
+
+# -- Sensors ----------------------------------------------------------------------------
+
+
+def _import_sensors(
+    path: Path, loader: _Loader, report: ImportReport, con: duckdb.DuckDBPyConnection,
+    progress: Callable[[ImportProgress], None] | None, time_window: bool, chunk_bytes: int,
+    workers: int,
+) -> None:
+    """For files of more than two chunks, worker processes parse and check chunks
+    (the Python pass holds the GIL) while this process stitches and loads the ones
+    they finished, in file order."""
+    from .sensors import _Context, sensors_record
+
+    ctx = _Context(
+        projects=StaticProjects([Project(loader.project, write_key="")]),
+        request_project=loader.project, now_ms=loader.now_ms, time_window=time_window,
+        extra_junk=loader.policy.extra_junk_ids,
+    )
+
+    def finish(chunk: BulkChunk, block: _Block) -> None:
+        report.lines += block.count
+        report.blank += chunk.blank
+        for line in chunk.invalid_json:
+            report.reject(ImportIssue(str(path), line, "record", "not valid JSON"))
+        records: list[Record] = []
+        record_lines: list[int] = []
+        lines: list[bytes] | None = None
+        with report.timed("decode_others"):
+            for line in sorted(chunk.others):
+                raw = chunk.others[line]
+                if raw is None:  # refused by the SQL checks: the decoder says why
+                    if lines is None:
+                        lines = block.data.split(b"\n")
+                    raw = orjson.loads(lines[line - block.first])
+                    raw.pop("_flush_time", None)
+                try:
+                    records.append(sensors_record(raw, ctx))
+                    record_lines.append(line)
+                except InvalidInput as exc:
+                    report.reject(ImportIssue(str(path), line, exc.field, exc.rule))
+        loader.load(chunk.rows, records, record_lines, str(path), report)
+        _report_progress(progress, path, block.done, report)
+
+    blocks = _blocks(path, chunk_bytes)
+    if workers <= 1 or path.stat().st_size <= 2 * chunk_bytes:
+        for block in blocks:
+            with report.timed("parse_python"):
+                staged = stage_sensors(block.data, block.first, loader.project)
+            with report.timed("validate_sql"):
+                chunk = validate_columns(con, staged, now_ms=loader.now_ms,
+                                         time_window=time_window,
+                                         extra_junk=loader.policy.extra_junk_ids)
+            finish(chunk, block)
+        return
+    # spawn, not fork: this process runs DuckDB and SQLite threads.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        window: deque[tuple[Future[Any], _Block]] = deque()
+
+        def next_done() -> None:
+            future, block = window.popleft()
+            with report.timed("parse_wait"):
+                chunk = BulkChunk.from_wire(future.result())
+            finish(chunk, block)
+
+        for block in blocks:
+            window.append((pool.submit(
+                check_sensors_wire, block.data, block.first, loader.project,
+                now_ms=loader.now_ms, time_window=time_window,
+                extra_junk=loader.policy.extra_junk_ids), block))
+            if len(window) > workers:  # bounded: at most workers + 1 chunks in memory
+                next_done()
+        while window:
+            next_done()
+
+
+# -- Segment ----------------------------------------------------------------------------
+
+
+def _import_segment(
+    path: Path, loader: _Loader, report: ImportReport,
+    progress: Callable[[ImportProgress], None] | None, chunk_bytes: int,
+) -> None:
+    from .segment import _Context, segment_record
+
+    ctx = _Context(project=Project(loader.project, write_key=""), now_ms=loader.now_ms,
+                   sent_at=None, context={}, extra_junk=loader.policy.extra_junk_ids)
+    for block in _blocks(path, chunk_bytes):
+        lines = block.data.split(b"\n")
+        report.lines += len(lines)
+        records: list[Record] = []
+        record_lines: list[int] = []
+        for offset, line in enumerate(lines):
+            number = block.first + offset
+            if not line or line.isspace():
+                report.blank += 1
+                continue
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                report.reject(ImportIssue(str(path), number, "record", "not valid JSON"))
+                continue
+            if isinstance(msg, dict):
+                msg.pop("sentAt", None)  # see the module docstring
+            try:
+                records.append(segment_record(msg, ctx))
+                record_lines.append(number)
+            except InvalidInput as exc:
+                report.reject(ImportIssue(str(path), number, exc.field, exc.rule))
+        loader.load(BULK_SCHEMA.empty_table(), records, record_lines, str(path), report)
+        _report_progress(progress, path, block.done, report)
+
+
+# -- CSV and Parquet --------------------------------------------------------------------
+
+
+def _import_tabular(
+    path: Path, fmt: str, loader: _Loader, report: ImportReport,
+    con: duckdb.DuckDBPyConnection, progress: Callable[[ImportProgress], None] | None,
+    time_window: bool,
+) -> None:
+    for rows, issues, lines in read_tabular(
+        con, path, fmt, project=loader.project, now_ms=loader.now_ms,
+        time_window=time_window, extra_junk=loader.policy.extra_junk_ids,
+    ):
+        report.lines += lines
+        for issue in issues:
+            report.reject(issue)
+        loader.load(rows, [], [], str(path), report)
+        _report_progress(progress, path, path.stat().st_size, report)
+
+
+# -- stitching and loading --------------------------------------------------------------
+
+
+
+class _Loader:
+    def __init__(
+        self, *, project: str, event_store: EventStore, state_store: Any, policy: Any,
+        now_ms: int, source: str,
+    ) -> None:
+        self.project = project
+        self.event_store = event_store
+        self.state_store = state_store
+        self.policy = policy
+        self.now_ms = now_ms
+        self.source = source
+        self.dedupe = DuplicateFilter(DEDUPE_HORIZON_MS)
+        # id type -> identity value -> the profile it resolved to in this import. A
+        # profile merged later stays right: events keep their profile id and the
+        # user map re-attributes them. An unbind clears it (the identity moves).
+        self.known: dict[str, dict[str, int]] = {}
+        # (profile id, time) of events not yet counted on their profiles: one
+        # touch_profiles call at the end instead of one per chunk.
+        self.pending_stats: list[pa.Table] = []
+        self.pending_rows = 0
+        # Events wait for APPEND_ROWS of them: big appends cost DuckDB less per row.
+        self.pending_append = IngestBatch(events=EVENT_SCHEMA.empty_table(), offset=0)
+        recent = event_store.recent_event_ids(now_ms - DEDUPE_HORIZON_MS)
+        if recent.num_rows:
+            self.dedupe.add_known(
+                (event_key(p, i) for p, i in zip(recent.column("project").to_pylist(),
+                                                 recent.column("event_id").to_pylist(),
+                                                 strict=True)), now_ms)
+
+    def _fresh(self, event_ids: Sequence[str]) -> list[bool]:
+        keys = [event_key(self.project, e) for e in event_ids]
+        return self.dedupe.filter(keys, [self.now_ms] * len(keys))
+
+    def load(
+        self, rows: pa.Table, records: list[Record], record_lines: list[int], path: str,
+        report: ImportReport,
+    ) -> None:
+        from .stitch import apply_records, ensure_profiles
+
+        fresh = self._fresh(rows.column("event_id").to_pylist()) if rows.num_rows else []
+        if rows.num_rows and not all(fresh):
+            report.duplicates += fresh.count(False)
+            rows = rows.filter(pa.array(fresh, pa.bool_()))
+        if records:
+            keep = self._fresh([r.event_id for r in records])
+            report.duplicates += keep.count(False)
+            record_lines = [n for n, k in zip(record_lines, keep, strict=True) if k]
+            records = [r for r, k in zip(records, keep, strict=True) if k]
+
+        profile_ids = np.zeros(rows.num_rows, dtype=np.int64)
+        with report.timed("stitch"):
+            if any(r.kind == "unlink" for r in records):
+                self.known.clear()  # an unbind moves identities: resolve them again
+            # Per identity type: the distinct values, and those not resolved yet.
+            groups = []
+            for id_type in pc.unique(rows.column("id_type")).to_pylist():
+                mask = pc.equal(rows.column("id_type"), id_type)
+                subset = rows.filter(mask)
+                encoded = pc.dictionary_encode(subset.column("id_value")).combine_chunks()
+                values = encoded.dictionary.to_pylist()
+                known = self.known.setdefault(id_type, {})
+                new = [i for i, v in enumerate(values) if v not in known]
+                groups.append((id_type, mask, subset, encoded, values, new))
+            outcome = StateOutcome(profile_ids=[])
+            # Once every identity is known, a chunk of plain events needs no state
+            # transaction at all.
+            if records or any(g[5] for g in groups):
+                with self.state_store.transaction() as tx:
+                    if records:
+                        outcome = apply_records(tx, records, self.policy)
+                    for id_type, _, subset, encoded, values, new in groups:
+                        if not new:
+                            continue
+                        seen = pa.table({"v": encoded.indices, "t": subset.column("time")}
+                                        ).group_by("v").aggregate([("t", "min")]).sort_by(
+                                            "v").column("t_min").to_pylist()
+                        new_values = [values[i] for i in new]
+                        owners_new = ensure_profiles(tx, self.project, id_type, new_values,
+                                                     seen_ms=[seen[i] for i in new])
+                        self.known[id_type].update(zip(new_values, owners_new, strict=True))
+            for id_type, mask, _, encoded, values, _ in groups:
+                known = self.known[id_type]
+                owners = np.fromiter((known[v] for v in values), dtype=np.int64,
+                                     count=len(values))
+                profile_ids[np.flatnonzero(mask.to_numpy(zero_copy_only=False))] = owners[
+                    encoded.indices.to_numpy(zero_copy_only=False)]
+        if rows.num_rows:
+            self._count(profile_ids, rows.column("time"))
+
+        for index, err in outcome.errors:
+            report.reject(ImportIssue(path, record_lines[index], err.field, err.rule))
+        events = pa.concat_tables([
+            self._bulk_events(rows, profile_ids),
+            self._record_events(records, outcome),
+        ])
+        pending = self.pending_append
+        pending.events = pa.concat_tables([pending.events, events])
+        pending.profiles.extend(outcome.profiles)
+        pending.identities.extend(outcome.identities)
+        pending.items.extend(outcome.items)
+        pending.user_map.update(outcome.user_map)
+        report.loaded += events.num_rows
+        if pending.events.num_rows >= APPEND_ROWS or len(pending.profiles) >= APPEND_ROWS:
+            self.flush_events(report)
+
+    def flush_events(self, report: ImportReport) -> None:
+        """Append the buffered events (and replica rows) in one transaction."""
+        pending = self.pending_append
+        if not (pending.events.num_rows or pending.profiles or pending.identities
+                or pending.items or pending.user_map):
+            return
+        with report.timed("append"):
+            # Bulk import leaves the ingest offset alone.
+            self.event_store.commit_batch(pending, offset_name=None)
+        self.pending_append = IngestBatch(events=EVENT_SCHEMA.empty_table(), offset=0)
+
+    def _count(self, profile_ids: np.ndarray, times: pa.ChunkedArray) -> None:
+        self.pending_stats.append(pa.table({"p": profile_ids, "t": times}))
+        self.pending_rows += len(profile_ids)
+        if self.pending_rows >= MAX_PENDING_EVENTS:
+            self.flush_counts()
+
+    def flush_counts(self) -> None:
+        """Add the events loaded so far to their profiles in the state store."""
+        from .stitch import touch_profiles
+
+        if not self.pending_stats:
+            return
+        stats = pa.concat_tables(self.pending_stats).group_by("p").aggregate(
+            [("t", "count"), ("t", "min"), ("t", "max")])
+        with self.state_store.transaction() as tx:
+            touch_profiles(tx, self.project, zip(
+                stats.column("p").to_pylist(), stats.column("t_count").to_pylist(),
+                stats.column("t_min").to_pylist(), stats.column("t_max").to_pylist(),
+                strict=True))
+        self.pending_stats.clear()
+        self.pending_rows = 0
+
+    def _bulk_events(self, rows: pa.Table, profile_ids: np.ndarray) -> pa.Table:
+        n = rows.num_rows
+        return pa.table({
+            "project": pa.array([self.project] * n, pa.string()),
+            "event_id": rows.column("event_id"),
+            "event": rows.column("event"),
+            "profile_id": pa.array(profile_ids, pa.int64()),
+            "distinct_id": rows.column("distinct_id"),
+            "time": rows.column("time").cast(pa.timestamp("ms")),
+            "received_at": pa.array(np.full(n, self.now_ms, dtype=np.int64)).cast(
+                pa.timestamp("ms")),
+            "source": pa.array([self.source] * n, pa.string()),
+            "properties": rows.column("properties"),
+        }, schema=EVENT_SCHEMA)
+
+    def _record_events(self, records: list[Record], outcome: StateOutcome) -> pa.Table:
+        from .ingest import track_events_table
+
+        # Imported records carry the import's start as their arrival time.
+        return track_events_table(records, outcome.profile_ids)
+
+    def refresh_replica(self) -> None:
+        from .stitch import iter_identities, iter_items, iter_profiles, iter_user_map
+
+        with self.state_store.transaction() as tx:
+            self.event_store.replace_replica(
+                self.project, iter_profiles(tx, self.project),
+                iter_identities(tx, self.project), iter_items(tx, self.project),
+                user_map=dict(iter_user_map(tx, self.project)),
+            )

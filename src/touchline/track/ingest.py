@@ -1,0 +1,279 @@
+"""The ingest pipeline: from the durable log to the state store and the event store.
+
+Each step reads a batch of log entries past the event store's offset, drops exact
+duplicates, stitches identities and applies profile operations in one state-store
+transaction, then appends the events (with the replica rows the batch touched) in
+one event-store transaction. Both stores record the log offset they reached in the
+same transaction as the data, so a crash anywhere replays from the log and lands
+each record exactly once: records the state store already applied are only resolved
+again (read-only), never applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from ..clock import Clock
+from ..errors import InvalidInput
+from ..store.batch import EVENT_SCHEMA, IngestBatch, StateOutcome
+from .dedupe import DuplicateFilter, event_key
+from .log import IngestLog
+from .records import Record
+
+__all__ = ["IngestPipeline", "IngestStats", "LogSink", "encode_records", "track_events_table"]
+
+log = logging.getLogger("touchline.ingest")
+
+
+def encode_records(records: Sequence[Record]) -> bytes:
+    """The log payload for one accepted request."""
+    return orjson.dumps([r.to_dict() for r in records])
+
+
+class LogSink:
+    """The collector's sink: a request's records become durable as one log entry."""
+
+    def __init__(self, log: IngestLog) -> None:
+        self._log = log
+
+    async def submit(self, records: Sequence[Record]) -> None:
+        if records:
+            await self._log.append(encode_records(records))
+
+    def submit_sync(self, records: Sequence[Record]) -> None:
+        if records:
+            self._log.append_sync(encode_records(records))
+
+
+@dataclass
+class IngestStats:
+    """Counters of the running pipeline and the latest problems, for /api/v1/ingest/status."""
+
+    records: int = 0
+    events: int = 0
+    duplicates: int = 0
+    refused: int = 0  # refused by stitching (for example a link between two login ids)
+    rejected: int = 0  # refused by the collector's validation
+    batches: int = 0
+    last_commit_ms: int = 0
+    recent_issues: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
+
+    def collector_rejected(self, protocol: str, errors: Sequence[InvalidInput]) -> None:
+        """The collector's error reporter: bad records show up in the status."""
+        self.rejected += len(errors)
+        for err in errors[-10:]:
+            self.recent_issues.append({"protocol": protocol, **err.as_dict()})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records, "events": self.events, "duplicates": self.duplicates,
+            "refused": self.refused, "rejected": self.rejected, "batches": self.batches,
+            "last_commit_ms": self.last_commit_ms, "recent_issues": list(self.recent_issues),
+        }
+
+
+class IngestPipeline:
+    def __init__(
+        self,
+        *,
+        log: IngestLog,
+        state: Any,
+        events: Any,
+        policy: Any,
+        clock: Clock,
+        batch_events: int = 20_000,
+        interval_ms: int = 50,
+        dedupe_horizon_ms: int = 48 * 3600 * 1000,
+        on_commit: Callable[[pa.Table], None] | None = None,
+    ) -> None:
+        self._log = log
+        self._state = state
+        self._events = events
+        self._policy = policy
+        self._clock = clock
+        self._batch_events = batch_events
+        self._interval = interval_ms / 1000
+        self._on_commit = on_commit
+        self._dedupe = DuplicateFilter(dedupe_horizon_ms)
+        self._offset: int = int(events.get_offset("ingest"))
+        self.stats = IngestStats()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._step_lock = threading.Lock()
+        self._failure: BaseException | None = None
+        self._rebuild_dedupe(dedupe_horizon_ms)
+
+    def _rebuild_dedupe(self, horizon_ms: int) -> None:
+        since = self._clock.now_ms() - horizon_ms
+        table = self._events.recent_event_ids(since)
+        if table.num_rows:
+            projects = table.column("project").to_pylist()
+            ids = table.column("event_id").to_pylist()
+            self._dedupe.add_known(
+                (event_key(p, i) for p, i in zip(projects, ids, strict=True)), self._clock.now_ms()
+            )
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    # -- running ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="touchline-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Apply everything that is durable in the log, then stop the thread."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.drain()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self.step() == 0:
+                    self._log.wait_for(self._offset, self._interval)
+            except Exception as exc:  # keep serving; the batch is retried from the log
+                self._failure = exc
+                log.exception("ingest batch failed; retrying")
+                self._stopping.wait(1.0)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Apply every durable entry (for the demo, imports and tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._offset < self._log.end_offset:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("ingest did not catch up with the log in time")
+            if self.step() == 0 and self._thread is not None:
+                time.sleep(0.01)
+
+    # -- one batch ----------------------------------------------------------------
+
+    def step(self) -> int:
+        """Move one batch from the log to the stores; returns the log entries read."""
+        with self._step_lock:
+            return self._step()
+
+    def _step(self) -> int:
+        start = self._offset
+        entries: list[tuple[int, list[dict[str, Any]]]] = []
+        count = 0
+        for end, payload in self._log.read(start):
+            recs = orjson.loads(payload)
+            entries.append((end, recs))
+            count += len(recs)
+            if count >= self._batch_events:
+                break
+        if not entries:
+            return 0
+        end_offset = entries[-1][0]
+
+        records: list[Record] = []
+        record_ends: list[int] = []
+        for end, recs in entries:
+            for d in recs:
+                records.append(Record.from_dict(d))
+                record_ends.append(end)
+
+        fresh = self._dedupe.filter(
+            [event_key(r.project, r.event_id) for r in records], [r.received_ms for r in records]
+        )
+        kept = [i for i, ok in enumerate(fresh) if ok]
+        self.stats.duplicates += len(records) - len(kept)
+        records = [records[i] for i in kept]
+        record_ends = [record_ends[i] for i in kept]
+
+        outcome = self._apply_state(records, record_ends, end_offset)
+        events = track_events_table(records, outcome.profile_ids)
+        self._events.commit_batch(IngestBatch(
+            events=events, offset=end_offset, profiles=outcome.profiles,
+            identities=outcome.identities, items=outcome.items, user_map=outcome.user_map,
+        ))
+        self._offset = end_offset
+        self._log.release(end_offset)
+        self._dedupe.expire(self._clock.now_ms())
+
+        self.stats.records += len(records)
+        self.stats.events += events.num_rows
+        self.stats.batches += 1
+        self.stats.last_commit_ms = self._clock.now_ms()
+        for index, err in outcome.errors:
+            self.stats.refused += 1
+            r = records[index]
+            self.stats.recent_issues.append(
+                {"project": r.project, "event_id": r.event_id, **err.as_dict()}
+            )
+        if self._on_commit is not None and events.num_rows:
+            try:
+                self._on_commit(events.append_column("user_id", events.column("profile_id")))
+            except Exception:  # a failing subscriber must not stop ingestion
+                log.exception("on_commit subscriber failed")
+        return len(entries)
+
+    def _apply_state(self, records: list[Record], ends: list[int], end_offset: int) -> StateOutcome:
+        from .stitch import apply_records, resolve_records
+
+        with self._state.transaction() as tx:
+            applied = tx.get_offset("ingest")
+            split = 0
+            while split < len(records) and ends[split] <= applied:
+                split += 1
+            parts: list[StateOutcome] = []
+            if split:
+                parts.append(resolve_records(tx, records[:split]))
+            if split < len(records):
+                parts.append(apply_records(tx, records[split:], self._policy))
+            if applied < end_offset:
+                tx.set_offset("ingest", end_offset)
+        return _merge_outcomes(parts, split)
+
+
+def track_events_table(records: Sequence[Record], profile_ids: Sequence[int | None]) -> pa.Table:
+    """The stored events of a batch: its track records that resolved to a profile."""
+    cols: dict[str, list[Any]] = {name: [] for name in EVENT_SCHEMA.names}
+    for r, pid in zip(records, profile_ids, strict=True):
+        if r.kind != "track" or pid is None:
+            continue
+        cols["project"].append(r.project)
+        cols["event_id"].append(r.event_id)
+        cols["event"].append(r.event)
+        cols["profile_id"].append(pid)
+        cols["distinct_id"].append(r.distinct_id)
+        cols["time"].append(r.time_ms)
+        cols["received_at"].append(r.received_ms)
+        cols["source"].append(r.source)
+        cols["properties"].append(orjson.dumps(r.properties).decode())
+    return pa.Table.from_pydict(cols, schema=EVENT_SCHEMA)
+
+
+def _merge_outcomes(parts: list[StateOutcome], first_len: int) -> StateOutcome:
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return StateOutcome(profile_ids=[])
+    first, second = parts
+    errors: list[tuple[int, InvalidInput]] = list(first.errors)
+    errors.extend((i + first_len, e) for i, e in second.errors)
+    user_map = dict(first.user_map)
+    user_map.update(second.user_map)
+    # Later rows win: the second part ran after the first.
+    profiles = {(p.project, p.user_id): p for p in [*first.profiles, *second.profiles]}
+    identities = {(i.project, i.id_type, i.id_value): i for i in [*first.identities, *second.identities]}
+    items = {(i.project, i.item_type, i.item_id): i for i in [*first.items, *second.items]}
+    return StateOutcome(
+        profile_ids=[*first.profile_ids, *second.profile_ids], errors=errors, user_map=user_map,
+        profiles=list(profiles.values()), identities=list(identities.values()),
+        items=list(items.values()),
+    )

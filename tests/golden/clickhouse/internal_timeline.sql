@@ -1,0 +1,18 @@
+SELECT
+  e.event_id,
+  e.event,
+  7 AS user_id,
+  e.distinct_id,
+  e.time,
+  e.received_at,
+  e.source,
+  e.properties
+FROM tl_events AS e
+WHERE
+  e.project = 'demo'
+  AND e.profile_id IN (7, 9)
+  AND e.time < fromUnixTimestamp64Milli(CAST(1700000000000 AS Nullable(Int64)))
+ORDER BY
+  e.time DESC,
+  e.event_id DESC
+LIMIT 50

@@ -1,0 +1,29 @@
+WITH __tl_v_events AS NOT MATERIALIZED (
+  SELECT
+    e.event_id,
+    e.event,
+    COALESCE(m.user_id, e.profile_id) AS user_id,
+    e.distinct_id,
+    e.time,
+    e.received_at,
+    e.source,
+    e.properties
+  FROM tl_events AS e
+  LEFT JOIN (
+    SELECT
+      profile_id,
+      user_id
+    FROM tl_user_map
+    WHERE
+      project = 'demo'
+  ) AS m
+    ON m.profile_id = e.profile_id
+  WHERE
+    e.project = 'demo'
+)
+SELECT
+  event,
+  COUNT(*) AS n
+FROM __tl_v_events AS events
+GROUP BY
+  event

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import InvalidInput
 
 __all__ = [
+    "BANDIT_DDL",
     "BANDIT_SCHEMA",
     "BANDIT_SCHEMA_NAME",
     "ArmCounts",
@@ -26,6 +27,8 @@ __all__ = [
     "MemoryBanditStore",
     "StateBanditStore",
     "ThompsonBandit",
+    "count_conversions",
+    "count_sends",
 ]
 
 BANDIT_SCHEMA_NAME = "content_bandit"
@@ -35,8 +38,48 @@ _DDL = [
     "sends BIGINT NOT NULL DEFAULT 0, conversions BIGINT NOT NULL DEFAULT 0, "
     "PRIMARY KEY (bandit_key, arm))",
 ]
-# For ``StateStore.ensure_schema(BANDIT_SCHEMA_NAME, BANDIT_SCHEMA)`` (append-only).
+# For ``StateStore.ensure_schema(BANDIT_SCHEMA_NAME, BANDIT_SCHEMA)`` (append-only), for a
+# bandit used on its own. Journeys get the same table through their own schema
+# (storage.STATE_SCHEMA, registered by the ``state_schema`` hook): the engine and the
+# outbox write it in their transactions, so it must exist wherever they run.
+BANDIT_DDL: tuple[str, ...] = tuple(_DDL)
 BANDIT_SCHEMA: dict[str, list[str]] = {"sqlite": list(_DDL), "postgres": list(_DDL)}
+
+_UPSERT_TAIL = (
+    "ON CONFLICT (bandit_key, arm) DO UPDATE SET "
+    "sends = content_bandit.sends + excluded.sends, "
+    "conversions = content_bandit.conversions + excluded.conversions")
+
+
+def _credit_sql(sends: int, conversions: int, status: str) -> str:
+    # A count only while the outbox row is in ``status``: the caller runs it in the
+    # transaction that moves the row on, so each message counts once however many
+    # workers race to record it.
+    return ("INSERT INTO content_bandit (bandit_key, arm, sends, conversions) "
+            f"SELECT ?, ?, {sends}, {conversions} FROM journey_outbox "
+            f"WHERE message_id = ? AND status = '{status}' " + _UPSERT_TAIL)
+
+
+_SENT_SQL = _credit_sql(1, 0, "sending")
+_CONVERTED_SQL = _credit_sql(0, 1, "sent")
+
+
+def count_sends(tx: _Tx, sent: Sequence[tuple[str, str, str]]) -> None:
+    """A trial for each (bandit key, arm, message id) whose outbox row is ``sending``.
+
+    Call it in the transaction that records the row as sent, *before* the update: a
+    row another worker already recorded is no longer ``sending`` and is not counted
+    again."""
+    if sent:
+        tx.executemany(_SENT_SQL, sent)
+
+
+def count_conversions(tx: _Tx, converted: Sequence[tuple[str, str, str]]) -> None:
+    """A success for each (bandit key, arm, message id) whose message was sent: a user
+    whose message was skipped or is still queued never saw the arm, so the arm earns
+    nothing from them (and an arm's successes never exceed its trials)."""
+    if converted:
+        tx.executemany(_CONVERTED_SQL, converted)
 
 
 @dataclass(frozen=True)
@@ -73,6 +116,8 @@ class MemoryBanditStore:
 class _Tx(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
 
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
+
     def fetchall(self, sql: str, params: Sequence[Any] = ...) -> list[Any]: ...
 
 
@@ -102,10 +147,7 @@ class StateBanditStore:
         with self.store.transaction() as tx:
             tx.execute(
                 "INSERT INTO content_bandit (bandit_key, arm, sends, conversions) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (bandit_key, arm) DO UPDATE SET "
-                "sends = content_bandit.sends + excluded.sends, "
-                "conversions = content_bandit.conversions + excluded.conversions",
-                (key, arm, sends, conversions))
+                "VALUES (?, ?, ?, ?) " + _UPSERT_TAIL, (key, arm, sends, conversions))
 
 
 class ThompsonBandit:

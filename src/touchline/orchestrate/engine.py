@@ -23,12 +23,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import xxhash
 
 from ..clock import Clock
 from ..errors import InvalidInput, NotFound
 from . import scheduler
+from .bandit import StateBanditStore, ThompsonBandit
+from .content import bandit_goal, bandit_key, choose_variant, decision_of, variant_parts
 from .model import (
     ApiEntry,
     ConditionNode,
@@ -182,9 +185,13 @@ class Engine:
         profiles: ProfileSource | None = None,
         default_zone: str = "Asia/Shanghai",
         on_profile_update: Callable[[str, int, dict[str, Any]], None] | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
+        # Content bandits read their arm counts in the step's own transaction (the
+        # store's transactions nest); ``rng`` fixes the draws for tests.
+        self.bandit = ThompsonBandit(StateBanditStore(store), rng=rng)
         self.profiles = profiles
         self.default_zone = default_zone
         self.on_profile_update = on_profile_update
@@ -293,14 +300,48 @@ class Engine:
             source = st.data
         return predicate_holds(expected, source.get(name))
 
-    def _message(self, w: Writes, j: Journey, st: State, nid: str,
+    def _member_of(self, tx: Tx, st: State, segments: Sequence[str]) -> set[str]:
+        marks = ",".join("?" * len(segments))
+        return {str(r[0]) for r in tx.fetchall(
+            "SELECT segment FROM segment_members WHERE project = ? AND user_id = ? AND "
+            f"segment IN ({marks})", [st.project, st.user_id, *segments])}
+
+    def _variant(self, tx: Tx, j: Journey, st: State, nid: str,
+                 node: MessageNode) -> tuple[dict[str, Any], str]:
+        """The content variant this entry gets at ``nid``, and why.
+
+        Decided once per (journey, user, node, entry) and kept in the entry's state,
+        which commits with the outbox row: a loop back through the node, or a replayed
+        step, sends what was chosen the first time, whatever the bandit thinks now.
+        """
+        chosen: dict[str, Any] = st.data.setdefault("variants", {})
+        prev = chosen.get(nid)
+        if prev is not None and any(v.id == prev.get("id") for v in node.variants):
+            return prev, "chosen on an earlier visit"
+        decision = decision_of(node, nid)
+        segments: set[str] = set()
+        if decision.strategy == "rules":
+            segments = self._member_of(tx, st, sorted({r.segment for r in decision.rules}))
+        key = bandit_key(j.project, j.id, nid) if decision.strategy == "bandit" else ""
+        choice = choose_variant(decision, user_id=st.user_id, journey_id=j.id,
+                                segments=segments, bandit=self.bandit, bandit_key=key)
+        rec: dict[str, Any] = {"id": choice.variant.id, "strategy": choice.strategy}
+        if key:
+            rec["bandit"] = key
+            rec["goal"] = bandit_goal(node, j)
+        chosen[nid] = rec
+        return rec, choice.reason
+
+    def _message(self, tx: Tx, w: Writes, j: Journey, st: State, nid: str,
                  node: MessageNode | WebhookNode, now: int) -> None:
         visits = st.data.setdefault("visits", {})
         visits[nid] = visit = int(visits.get(nid, 0)) + 1
         mid = message_id(j.id, st.version, st.user_id, nid, st.entry_key, visit)
         event = st.data.get("event") or {}
         context = {"event": event, "journey": {k: v for k, v in st.data.items()
-                                               if k not in ("event", "visits")}}
+                                               if k not in ("event", "visits", "variants")}}
+        variant: dict[str, Any] | None = None
+        why = ""
         if isinstance(node, WebhookNode):
             channel = "webhook"
             payload: dict[str, Any] = {"to": node.url, "body_json": node.body,
@@ -312,20 +353,33 @@ class Engine:
             channel = node.channel
             if channel.startswith("event."):
                 channel = str(event.get(channel[6:]) or node.fallback_channel or "")
-            payload = node.model_dump(exclude={"type", "next", "channel"}, exclude_none=True)
+            payload = node.model_dump(exclude={"type", "next", "channel", "variants",
+                                               "decision"}, exclude_none=True)
             priority = node.priority
             category = node.category
+            # The node's, not the variant's: variants of one message are the same
+            # content for cross-channel de-duplication.
             content_key = str(node.content.get("key") or node.template_id or f"{j.id}/{nid}")
             if not channel:
                 w.log(st, nid, "skipped", {"reason": "no channel for this user"}, now)
                 return
+            if node.variants:
+                variant, why = self._variant(tx, j, st, nid, node)
+                variant["message"] = mid
+                payload.update(variant_parts(node, variant["id"]))
+                payload["variant"] = {k: variant[k] for k in ("id", "strategy", "bandit")
+                                      if k in variant}
         payload["context"] = context
         payload["journey"] = {"id": j.id, "version": st.version, "node": nid}
+        detail: dict[str, Any] = {"message_id": mid, "channel": channel}
+        if variant is not None:
+            payload["journey"]["variant"] = variant["id"]
+            detail.update(variant=variant["id"], strategy=variant["strategy"], reason=why)
         w.outbox.append((mid, st.project, j.id, st.version, st.user_id, st.entry_key, nid,
                          channel, category, content_key, orjson.dumps(payload).decode(),
-                         priority, now, now, now))
+                         priority, now, now, now, None if variant is None else variant["id"]))
         st.data["last_message"] = nid
-        w.log(st, nid, "message", {"message_id": mid, "channel": channel}, now)
+        w.log(st, nid, "message", detail, now)
 
     def _run(self, tx: Tx, w: Writes, j: Journey, st: State, now: int,
              prof: _Profiles) -> None:
@@ -374,7 +428,7 @@ class Engine:
                 w.log(st, nid, "node", {"branch": arm.name}, now)
                 nxt = arm.next
             elif isinstance(node, MessageNode | WebhookNode):
-                self._message(w, j, st, nid, node, now)
+                self._message(tx, w, j, st, nid, node, now)
                 nxt = node.next
             elif isinstance(node, UpdateProfileNode):
                 w.profile_updates.append((st.project, st.user_id, dict(node.set)))
@@ -422,6 +476,9 @@ class Engine:
                             st.version, st.node, st.data.get("last_message"), e.time_ms))
             w.log(st, st.node, "goal", {"goal": g.name}, now)
             w.touch(st)
+            for rec in (st.data.get("variants") or {}).values():
+                if rec.get("bandit") and rec.get("goal") == g.name and rec.get("message"):
+                    w.bandit_conversions.append((rec["bandit"], rec["id"], rec["message"]))
         if st.status != "active" or not self.book.active(st.project, st.journey_id):
             return
         for c in j.exit_when:

@@ -20,6 +20,9 @@ __all__ = [
     "ApiEntry",
     "Branch",
     "ConditionNode",
+    "ContentDecisionSpec",
+    "ContentRule",
+    "ContentVariant",
     "DelayNode",
     "Entry",
     "EntryCap",
@@ -247,6 +250,40 @@ class ExperimentNode(_Model):
     control: Variant
 
 
+class ContentVariant(_Model):
+    """One version of a message's content. Parts it sets replace the node's own;
+    ``content`` is laid over the node's ``content`` key by key."""
+
+    id: str = Field(pattern=_ID)
+    subject: str | None = None
+    body: str | None = None
+    template_id: str | None = None
+    content: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False,
+                          description="Share of users under strategy experiment.")
+
+
+class ContentRule(_Model):
+    segment: str = Field(min_length=1)
+    variant: str = Field(min_length=1)
+
+
+class ContentDecisionSpec(_Model):
+    """How a message node picks one of its variants (see touchline.orchestrate.content)."""
+
+    strategy: Literal["fixed", "rules", "experiment", "bandit"]
+    rules: list[ContentRule] = Field(default_factory=list)
+    default: str | None = Field(
+        default=None, description="fixed: the variant sent; rules: when no rule matches. "
+        "Default: the first variant.")
+    experiment: str | None = Field(
+        default=None, pattern=_ID, description="Hash salt of the experiment split; default "
+        "the node id. Nodes sharing a name and weights split users alike.")
+    goal: str | None = Field(
+        default=None, description="bandit: the journey goal that rewards a variant; "
+        "default the journey's first goal.")
+
+
 class MessageNode(_Next):
     """A message written to the outbox; rendered and policed by the delivery worker."""
 
@@ -262,6 +299,8 @@ class MessageNode(_Next):
     priority: int = Field(default=5, ge=0, le=9)
     subscription_group: str | None = None
     quiet_hours: Literal["defer", "skip", "ignore"] = "defer"
+    variants: list[ContentVariant] = Field(default_factory=list)
+    decision: ContentDecisionSpec | None = None
 
 
 class UpdateProfileNode(_Next):

@@ -34,6 +34,7 @@ import orjson
 
 from ..clock import Clock
 from . import policy as pol
+from .bandit import count_sends
 from .channels import Channel, DeliveryAttempt, MemoryDeliveryLog, Message, RetryPolicy, deliver
 from .templates import SkipSend, render_template
 
@@ -241,8 +242,8 @@ class Outbox:
                     else:
                         updates.append(("skipped", r.attempts, None, decision.reason, now,
                                         r.message_id))
-                    logs.append((r.message_id, _LOGGED[decision.action],
-                                 orjson.dumps({"reason": decision.reason}).decode(), now))
+                    logs.append((r.message_id, _LOGGED[decision.action], orjson.dumps(
+                        {"reason": decision.reason, **_variant(r)}).decode(), now))
             tx.executemany("UPDATE journey_outbox SET status = ?, attempts = ?, next_ms = ?, "
                            "last_error = ?, updated_ms = ? WHERE message_id = ?", updates)
             tx.executemany("INSERT INTO journey_delivery (message_id, status, detail, at_ms) "
@@ -374,6 +375,9 @@ class Outbox:
     def record(self, results: Sequence[Result]) -> None:
         now = self.clock.now_ms()
         with self.store.transaction() as tx:
+            # Bandit trials count on send (before the update below moves the row off
+            # 'sending', which is what keeps a doubly recorded send from counting twice).
+            count_sends(tx, _bandit_sends(results))
             tx.executemany(
                 "UPDATE journey_outbox SET status = ?, next_ms = ?, last_error = ?, "
                 "updated_ms = ? WHERE message_id = ? AND status = 'sending'",
@@ -386,8 +390,8 @@ class Outbox:
                     "channel": a.channel, "attempt": a.attempt, "reason": a.reason,
                     "provider_response": a.provider_response[:2000],
                     "provider_message_id": a.provider_message_id,
-                    "next_attempt_s": a.next_attempt_s}).decode(), a.at_ms)
-                 for *_, log in results for a in log
+                    "next_attempt_s": a.next_attempt_s, **_variant(r)}).decode(), a.at_ms)
+                 for r, *_, log in results for a in log
                  if a.event != "queued"])
 
     async def run(self, stopping: Callable[[], bool], *, poll_s: float = 0.05,
@@ -435,6 +439,22 @@ class Outbox:
         with self.store.transaction(read_only=True) as tx:
             row = tx.fetchone("SELECT MIN(next_ms) FROM journey_outbox WHERE next_ms IS NOT NULL")
         return None if row is None or row[0] is None else int(row[0])
+
+
+def _variant(r: _Row) -> dict[str, Any]:
+    """The content variant for a delivery-log line (nothing for a single-content message)."""
+    v = r.payload.get("variant")
+    return {"variant": v["id"]} if isinstance(v, dict) and "id" in v else {}
+
+
+def _bandit_sends(results: Sequence[Result]) -> list[tuple[str, str, str]]:
+    """(bandit key, arm, message id) of the sent messages a content bandit chose."""
+    out: list[tuple[str, str, str]] = []
+    for r, status, *_ in results:
+        v = r.payload.get("variant")
+        if status == "sent" and isinstance(v, dict) and v.get("bandit"):
+            out.append((str(v["bandit"]), str(v["id"]), r.message_id))
+    return out
 
 
 def _by_project(rows: Sequence[_Row]) -> dict[str, list[_Row]]:

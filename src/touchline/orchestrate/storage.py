@@ -16,6 +16,9 @@ Tables (declared through the ``state_schema`` hook, one DDL list per backend):
   retried, failed, skipped, deferred) with the provider's answer.
 - ``journey_consent``: each user's consent and subscription groups.
 - ``journey_cursors``: named positions (the segment-signal offset, schedule runs).
+- ``content_bandit``: per bandit message node, each variant's sends and conversions
+  (:mod:`touchline.orchestrate.bandit`). ``journey_outbox.variant`` names the content
+  variant a message carries.
 
 Also here: :class:`State` (one ``journey_states`` row), :class:`Writes` (everything
 one engine batch changes, flushed with a few ``executemany`` calls) and :class:`Book`
@@ -35,6 +38,7 @@ from typing import Any, Protocol
 import orjson
 
 from ..errors import NotFound
+from .bandit import BANDIT_DDL, count_conversions
 from .model import EventEntry, Journey, SegmentEntry, WaitNode
 
 __all__ = [
@@ -180,9 +184,14 @@ def _tables(serial_pk: str) -> list[str]:
     ]
 
 
+# Appended after the first release of the tables (the list is append-only: its length
+# is the schema version). Content variants: the variant each message carries, and the
+# bandit's arm counts, which the engine and the outbox update in their own transactions.
+_CONTENT = ["ALTER TABLE journey_outbox ADD COLUMN variant TEXT", *BANDIT_DDL]
+
 STATE_SCHEMA: dict[str, list[str]] = {
-    "sqlite": _tables("INTEGER PRIMARY KEY AUTOINCREMENT"),
-    "postgres": _tables("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    "sqlite": [*_tables("INTEGER PRIMARY KEY AUTOINCREMENT"), *_CONTENT],
+    "postgres": [*_tables("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"), *_CONTENT],
 }
 
 
@@ -345,6 +354,8 @@ class Writes:
         self.logs: list[tuple[Any, ...]] = []
         self.outbox: list[tuple[Any, ...]] = []
         self.goals: list[tuple[Any, ...]] = []
+        # (bandit key, arm, message id) of bandit messages whose goal converted.
+        self.bandit_conversions: list[tuple[str, str, str]] = []
         self.profile_updates: list[tuple[str, int, dict[str, Any]]] = []
         self.transitions = 0
 
@@ -384,14 +395,16 @@ class Writes:
             tx.executemany(
                 "INSERT INTO journey_outbox (message_id, project, journey_id, version, "
                 "user_id, entry_key, node, channel, category, content_key, payload, priority, "
-                "status, attempts, next_ms, created_ms, updated_ms) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'queued',0,?,?,?) "
+                "status, attempts, next_ms, created_ms, updated_ms, variant) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'queued',0,?,?,?,?) "
                 "ON CONFLICT (message_id) DO NOTHING", self.outbox)
         if self.goals:
             tx.executemany(
                 "INSERT INTO journey_goals (project, journey_id, user_id, entry_key, goal, "
                 "version, node, message_node, at_ms) VALUES (?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT DO NOTHING", self.goals)
+        # With the goal rows: a conversion rewards its bandit arm in the same commit.
+        count_conversions(tx, self.bandit_conversions)
 
 
 class Book:

@@ -9,7 +9,7 @@ applied unless this succeeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import InvalidInput
+from .content import content_problems
 from .model import (
     OPERATORS,
     ConditionNode,
@@ -125,7 +126,8 @@ def _event_match(path: str, m: EventMatch, has_key: bool) -> list[Problem]:
 
 
 def _node_problems(j: Journey, nid: str, has_key: bool,
-                   check_template: TemplateChecker | None) -> list[Problem]:
+                   check_template: TemplateChecker | None,
+                   segments: Collection[str] | None) -> list[Problem]:
     node = j.nodes[nid]
     p = f"nodes.{nid}"
     out: list[Problem] = []
@@ -158,13 +160,16 @@ def _node_problems(j: Journey, nid: str, has_key: bool,
         if len(set(names)) != len(names):
             out.append((p, "branch and variant names must be unique"))
     elif isinstance(node, MessageNode):
-        if node.body is None and node.template_id is None and not node.content:
+        # With variants, each variant (over the node's parts) must be sendable instead.
+        if not node.variants and node.body is None and node.template_id is None \
+                and not node.content:
             out.append((p, "a message needs body, template_id or content"))
         if check_template is not None:
             for field in ("subject", "body", "to"):
                 source = getattr(node, field)
                 if source:
                     out += [(f"{p}.{field}", prob) for prob in check_template(source)]
+        out += content_problems(node, p, j, check_template, segments)
     elif isinstance(node, WebhookNode) and check_template is not None:
         for key, value in node.body.items():
             if isinstance(value, str):
@@ -197,8 +202,12 @@ def _loop_problems(j: Journey) -> list[Problem]:
     return out
 
 
-def check_journey(j: Journey, check_template: TemplateChecker | None = None) -> list[Problem]:
-    """The rules a shape cannot express; empty when the journey is sound."""
+def check_journey(j: Journey, check_template: TemplateChecker | None = None,
+                  segments: Collection[str] | None = None) -> list[Problem]:
+    """The rules a shape cannot express; empty when the journey is sound.
+
+    ``segments``, when given, are the segments that exist; content rules naming
+    another are reported."""
     out: list[Problem] = []
     if j.start not in j.nodes:
         out.append(("start", f"no node named {j.start!r}"))
@@ -214,7 +223,7 @@ def check_journey(j: Journey, check_template: TemplateChecker | None = None) -> 
         for field, target in j.successors(nid):
             if target not in j.nodes:
                 out.append((f"nodes.{nid}.{field}", f"no node named {target!r}"))
-        out += _node_problems(j, nid, has_key, check_template)
+        out += _node_problems(j, nid, has_key, check_template, segments)
     if j.start in j.nodes:
         seen = {j.start}
         todo = [j.start]
@@ -265,11 +274,13 @@ def parse_journey(
     source: str | bytes | Mapping[str, Any],
     *,
     check_template: TemplateChecker | str | None = "default",
+    segments: Collection[str] | None = None,
 ) -> Journey:
     """Decode, shape-check and rule-check a definition; raise with every problem.
 
     Message templates are checked with the content module's Liquid checker unless
-    ``check_template`` is given (None turns template checks off)."""
+    ``check_template`` is given (None turns template checks off). ``segments`` (the
+    names that exist) also checks the segments content rules name."""
     if check_template == "default":
         check_template = default_template_checker()
     assert not isinstance(check_template, str)
@@ -279,7 +290,7 @@ def parse_journey(
     except ValidationError as exc:
         problems = [(_path(err["loc"]), err["msg"]) for err in exc.errors()]
         raise DefinitionInvalid(problems) from None
-    problems = check_journey(journey, check_template)
+    problems = check_journey(journey, check_template, segments)
     if problems:
         raise DefinitionInvalid(problems)
     return journey

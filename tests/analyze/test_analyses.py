@@ -200,9 +200,17 @@ def test_retention_and_lifecycle_split_by_profile(an: Analyzer) -> None:
                                 "breakdown": {"property": "user.group"}}).to_json()
     fam = next(b for b in life["breakdown"] if b["value"] == "family")
     assert [p["new"] for p in fam["periods"]][:4] == [1, 0, 0, 1]
+    # An event property is read on the user's first start event in the range (user 1's
+    # first pay is on the app, user 2's at the kiosk).
+    ch = an.run("retention", {**RANGE, "start": "pay", "return": "pay", "periods": 9,
+                              "breakdown": {"property": "channel"}})
+    by_ch = {b["value"]: b["users"] for b in ch.to_json()["breakdown"]}
+    assert by_ch == {"app": 2, "kiosk": 1}
+    assert list(ch.users("cohort:1970-01-01/app")) == [1]
     with pytest.raises(InvalidInput) as err:
-        an.run("retention", {**RANGE, "start": "pay", "breakdown": {"property": "channel"}})
-    assert err.value.field == "breakdown.property"
+        an.run("retention", {**RANGE, "start": "pay",
+                             "breakdown": {"property": "channel", "attribution": "step"}})
+    assert err.value.field == "breakdown.attribution"
 
 
 def test_arrow_source_matches_duckdb_source() -> None:

@@ -1,16 +1,20 @@
 """Breakdowns: split users (or events) by an event property, a profile property or segments.
 
-``{"property": "channel"}`` splits by an event property (which event of a user decides
-is up to the analysis: funnels use their attribution rule), ``{"property": "group",
-"on": "profile"}`` (or ``user.group``) by a profile property, ``{"segments": ["a", "b"]}``
-by saved segments (a user may fall in several). At most ``limit`` values (default 20)
-are kept, the largest; the rest are summed as ``(other)``.
+``{"property": "channel"}`` splits by an event property, ``{"property": "group", "on":
+"profile"}`` (or ``user.group``) by a profile property, ``{"segments": ["a", "b"]}`` by
+saved segments (a user may fall in several). At most ``limit`` values (default 20) are
+kept, the largest; the rest are summed as ``(other)``.
+
+Which event decides an event property: ``events`` splits each event by its own value,
+funnels use their attribution rule (first, last or a given step of the counted attempt),
+and every other analysis, which counts users, takes the user's first (or, with
+``"attribution": "last"``, last) event among those it starts from (:func:`user_splits`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,13 +24,15 @@ from ..errors import InvalidInput
 from ..track.records import NAME_RE
 from .cache import EventCache
 
-__all__ = ["NONE_LABEL", "OTHER_LABEL", "Breakdown", "SegmentResolver", "parse_breakdown",
-           "user_splits"]
+__all__ = ["NONE_LABEL", "OTHER_LABEL", "Breakdown", "SegmentResolver", "Splits",
+           "deciding_rows", "parse_breakdown", "user_splits"]
 
 NONE_LABEL = "(none)"
 OTHER_LABEL = "(other)"
 # (project, segment name) -> user ids of its members
 SegmentResolver = Callable[[str, str], Sequence[int]]
+Bool = npt.NDArray[np.bool_]
+I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -88,18 +94,94 @@ def label_masks(codes: npt.NDArray[np.int32], values: Sequence[str], limit: int,
     return out
 
 
-def user_splits(cache: EventCache, raw: Any, resolver: SegmentResolver | None, project: str,
-                what: str) -> dict[str, npt.NDArray[np.bool_]]:
-    """Per label, a mask over all users, for analyses that split users rather than
-    events (``what`` names the analysis in the error for an event property)."""
+def deciding_rows(cache: EventCache, rows: Bool, *, last: bool) -> I64:
+    """Per user of the cache, its first (or last) row where ``rows`` holds; -1 for none.
+
+    Rows are in (user, time) order, so a user's first and last are where the user
+    changes along the selected rows.
+    """
+    sel = np.flatnonzero(rows)
+    out = np.full(cache.n_users, -1, np.int64)
+    if len(sel):
+        u = cache.uidx[sel]
+        change = np.flatnonzero(np.diff(u) != 0)
+        pick = np.append(change, len(sel) - 1) if last else np.concatenate([[0], change + 1])
+        out[u[pick]] = sel[pick]
+    return out
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A breakdown of users: per label, a mask over all users of the cache.
+
+    Analyses that count users (not events) answer a breakdown by running their own
+    body once per label; :meth:`parts` builds that list and :meth:`open` reads a cell
+    ``NAME/LABEL`` back, so every kind names and opens breakdown cells the same way.
+    """
+
+    masks: dict[str, Bool] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.masks)
+
+    def items(self) -> list[tuple[str, Bool]]:
+        return list(self.masks.items())
+
+    def get(self, label: str) -> Bool | None:
+        return self.masks.get(label)
+
+    def parts(self, body: Callable[[Bool, str], dict[str, Any]]) -> list[dict[str, Any]]:
+        """``[{"value": LABEL, **body(mask, "/LABEL")}]``: ``body`` writes the suffix
+        onto each cell it names."""
+        return [{"value": label, **body(mask, f"/{label}")} for label, mask in self.masks.items()]
+
+    def open(self, cell: str) -> tuple[str, Bool | None] | None:
+        """``(base cell, label mask or None)``; None for an unknown label. A layer or
+        group name may itself hold a slash, so the label is the part after the first
+        slash that names one; a cell with no such part is taken whole."""
+        if not self.masks:
+            return cell, None
+        at = cell.find("/")
+        while at >= 0:
+            mask = self.masks.get(cell[at + 1:])
+            if mask is not None:
+                return cell[:at], mask
+            at = cell.find("/", at + 1)
+        return cell, None
+
+
+def user_splits(
+    cache: EventCache, raw: Any, resolver: SegmentResolver | None, project: str, what: str, *,
+    rows: Callable[[], Bool] | None = None, among: I64 | None = None,
+) -> Splits:
+    """Split users for analyses that count users rather than events.
+
+    A profile property or segments decide by themselves. For an event property the
+    value is taken on each user's first (``"attribution": "first"``, the default) or
+    last (``"last"``) event among ``rows()``: the events the analysis starts from,
+    which each kind names (``what`` names the analysis in errors). ``among`` (dense
+    user indexes) limits the split to the users the analysis can count, so the
+    ``limit`` most common values are ranked among them.
+    """
     bd = parse_breakdown(raw)
     if bd is None:
-        return {}
+        return Splits()
+    if bd.attribution == "step":
+        raise InvalidInput("breakdown.attribution",
+                           f"step applies to funnels only; {what} takes first or last")
+    users = np.arange(cache.n_users, dtype=np.int64) if among is None else among
+    decide: I64 | None = None
     if bd.on == "event":
-        raise InvalidInput("breakdown.property",
-                           f"{what} splits by a profile property (user.NAME) or segments")
-    users = np.arange(cache.n_users, dtype=np.int64)
-    return dict(bd.split(cache, users, None, resolver, project))
+        if rows is None:
+            raise InvalidInput("breakdown.property",
+                               f"{what} splits by a profile property (user.NAME) or segments")
+        decide = deciding_rows(cache, rows(), last=bd.attribution == "last")[users]
+    out: dict[str, Bool] = {}
+    for label, m in bd.split(cache, users, decide, resolver, project):
+        full = np.zeros(cache.n_users, bool)
+        full[users[m]] = True
+        out[label] = full
+    return Splits(out)
 
 
 def parse_breakdown(raw: Any, field: str = "breakdown") -> Breakdown | None:

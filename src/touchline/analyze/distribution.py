@@ -2,7 +2,9 @@
 
 Spec: ``{"event": {"event": "submit_order"}, "buckets": [1, 2, 3, 5, 10]}``: bucket
 edges are lower bounds (``[1, 2)``, ``[2, 3)`` ... ``[10, inf)``). With ``"property":
-"amount"`` the per-user sum of that property is bucketed instead of the count.
+"amount"`` the per-user sum of that property is bucketed instead of the count. A
+``breakdown`` repeats the result per value (an event property is read on the user's
+first counted event, or its last with ``"attribution": "last"``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInput
+from .breakdown import user_splits
 from .context import Context, parse_event_sel
 from .result import Result, i64, lazy_frame, pct
 
 __all__ = ["DEFAULT_BUCKETS", "bucket_rows", "run"]
 
+Bool = npt.NDArray[np.bool_]
 DEFAULT_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 50, 100)
 
 
@@ -50,7 +54,8 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     prop = spec.get("property")
     if prop is not None and not isinstance(prop, str):
         raise InvalidInput("property", "must be a property name")
-    rows = np.flatnonzero(ctx.mask(sel) & ctx.range_mask())
+    in_sel = ctx.mask(sel) & ctx.range_mask()
+    rows = np.flatnonzero(in_sel)
     u = cache.uidx[rows]
     if prop is None:
         per_user = np.bincount(u, minlength=cache.n_users).astype(np.float64)
@@ -59,18 +64,37 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
         vals = np.nan_to_num(cache.prop(prop).numbers_at(rows))
         per_user = np.bincount(u, weights=vals, minlength=cache.n_users).astype(np.float64)
         edges = parse_edges(spec.get("buckets"), (0, 10, 50, 100, 200, 500, 1000, 5000))
-    users = np.unique(u)
-    values = per_user[users]
-    buckets, idx = bucket_rows(values, edges)
-    data = {"users": len(users), "buckets": buckets,
-            "average": float(values.mean()) if len(values) else None,
-            "median": pct(values, 50), "p90": pct(values, 90)}
+    users = np.unique(u).astype(np.int64)
+    idx = bucket_rows(per_user[users], edges)[1]
+
+    def body(mask: Bool | None, suffix: str) -> dict[str, Any]:
+        keep = users if mask is None else users[mask[users]]
+        values = per_user[keep]
+        buckets = bucket_rows(values, edges)[0]
+        for b in buckets:
+            b["cell"] += suffix
+        return {"users": len(keep), "users_cell": f"users{suffix}", "buckets": buckets,
+                "average": float(values.mean()) if len(values) else None,
+                "median": pct(values, 50), "p90": pct(values, 90)}
+
+    data = body(None, "")
+    splits = user_splits(cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
+                         "distribution", rows=lambda: in_sel, among=users)
+    if splits:
+        data["breakdown"] = splits.parts(body)
 
     def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
-        kind, _, arg = cell.partition(":")
+        opened = splits.open(cell)
+        if opened is None:
+            return None
+        base, mask = opened
+        pick = np.ones(len(users), bool) if mask is None else mask[users]
+        if base == "users":
+            return i64(users[pick])
+        kind, _, arg = base.partition(":")
         if kind != "bucket" or not arg.isdigit() or int(arg) >= len(edges):
             return None
-        return i64(users[idx == int(arg)])
+        return i64(users[pick & (idx == int(arg))])
 
-    return Result("distribution", ctx.common.project, data, {"buckets": lazy_frame(buckets)},
-                  cell_users, cache)
+    return Result("distribution", ctx.common.project, data,
+                  {"buckets": lazy_frame(data["buckets"])}, cell_users, cache)

@@ -242,7 +242,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
         "from": ctx.common.start.isoformat(), "to": ctx.common.end.isoformat(),
         "time_zone": ctx.common.tz_name, "mode": fs.mode, "window_ms": fs.window_ms,
         "steps": _step_rows(fs, fr, None),
-        "excluded_users": int(np.count_nonzero(fr.k < 0)),
+        "excluded_users": int(np.count_nonzero(fr.k < 0)), "excluded_cell": "excluded",
     }
     frames = {"steps": lazy_frame(data["steps"])}
     rows = _attr_rows(fs, fr)
@@ -271,7 +271,8 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
             e = int(np.count_nonzero(sel))
             conv = int(np.count_nonzero(fr.k[entered[sel]] == n))
             trend.append({"period": day.isoformat(), "entered": e, "converted": conv,
-                          "conversion": ratio(conv, e), "cell": f"trend:{day.isoformat()}"})
+                          "conversion": ratio(conv, e), "cell": f"trend:{day.isoformat()}",
+                          "converted_cell": f"trend:{day.isoformat()}:converted"})
         data["trend"] = trend
         frames["trend"] = lazy_frame(trend)
     conv_users = entered[fr.k[entered] == n]
@@ -295,6 +296,8 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
                 return None
             base = entered[splits[label]]
         kind, _, arg = name.partition(":")
+        if name == "excluded" and not label:
+            return np.flatnonzero(fr.k < 0)
         try:
             if kind == "step" and 1 <= int(arg) <= n:
                 return i64(base[fr.k[base] >= int(arg)])
@@ -310,11 +313,15 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
         if kind == "trend" and fs.trend is not None and not label:
             starts, bounds = ctx.periods(fs.trend)
             days = [s.isoformat() for s in starts]
-            if arg not in days:
+            day, _, what = arg.partition(":")
+            if day not in days or what not in ("", "converted"):
                 return None
-            i = days.index(arg)
+            i = days.index(day)
             st = fr.start[entered]
-            return i64(entered[(st >= bounds[i]) & (st < bounds[i + 1])])
+            pick = (st >= bounds[i]) & (st < bounds[i + 1])
+            if what:
+                pick &= fr.k[entered] == n
+            return i64(entered[pick])
         return None
 
     return Result("funnel", ctx.common.project, data, frames, cell_users, cache)

@@ -4,6 +4,8 @@ Spec: ``{"start": {"event": "submit_order"}, "end": {"event": "food_ready"},
 "mode": "first" | "each", "buckets": ["1m", "5m", "15m", "1h", "1d"]}``. ``first``
 measures from each user's first start in the range to the next end; ``each`` pairs
 every start with the next end after it (with start = end: the gaps between repeats).
+A ``breakdown`` splits the users (an event property is read on the user's first start
+event in the range, or its last with ``"attribution": "last"``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInput
+from .breakdown import user_splits
 from .context import Context, parse_event_sel
 from .distribution import bucket_rows
 from .kernels import interval_pass
@@ -23,6 +26,7 @@ from .spec import opt_str, parse_duration
 
 __all__ = ["run"]
 
+Bool = npt.NDArray[np.bool_]
 DEFAULT = ("1m", "5m", "15m", "30m", "1h", "3h", "12h", "1d", "3d", "7d", "30d")
 
 
@@ -37,22 +41,44 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     edges = [0.0, *sorted({float(parse_duration(x, f"buckets[{i}]")) for i, x in enumerate(raw)})]
     out_ms = np.empty(cache.n, np.int64)
     out_user = np.empty(cache.n, np.int64)
-    n = interval_pass(cache.ustart, cache.times, ctx.mask(a), ctx.mask(b), ctx.common.start_ms,
+    is_a = ctx.mask(a)
+    n = interval_pass(cache.ustart, cache.times, is_a, ctx.mask(b), ctx.common.start_ms,
                       ctx.common.end_ms, each, out_ms, out_user)
     ms, users = out_ms[:n], out_user[:n]
-    buckets, idx = bucket_rows(ms, edges, "ms")
-    for bk in buckets:
-        bk["intervals"] = bk.pop("users")
-    data = {"intervals": int(n), "users": len(np.unique(users)),
-            "average_ms": float(ms.mean()) if n else None,
-            "percentiles_ms": {f"p{q}": pct(ms, q) for q in (10, 25, 50, 75, 90, 99)},
-            "buckets": buckets}
+    idx = bucket_rows(ms, edges, "ms")[1]
+
+    def body(mask: Bool | None, suffix: str) -> dict[str, Any]:
+        pick = np.ones(len(users), bool) if mask is None else mask[users]
+        sub = ms[pick]
+        buckets = bucket_rows(sub, edges, "ms")[0]
+        for bk in buckets:
+            bk["intervals"] = bk.pop("users")
+            bk["cell"] += suffix
+        return {"intervals": len(sub), "users": len(np.unique(users[pick])),
+                "users_cell": f"users{suffix}",
+                "average_ms": float(sub.mean()) if len(sub) else None,
+                "percentiles_ms": {f"p{q}": pct(sub, q) for q in (10, 25, 50, 75, 90, 99)},
+                "buckets": buckets}
+
+    data = body(None, "")
+    splits = user_splits(cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
+                         "interval", rows=lambda: is_a & ctx.range_mask(),
+                         among=np.unique(users))
+    if splits:
+        data["breakdown"] = splits.parts(body)
 
     def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
-        kind, _, arg = cell.partition(":")
+        opened = splits.open(cell)
+        if opened is None:
+            return None
+        base, mask = opened
+        pick = np.ones(len(users), bool) if mask is None else mask[users]
+        if base == "users":
+            return i64(users[pick])
+        kind, _, arg = base.partition(":")
         if kind != "bucket" or not arg.isdigit() or int(arg) >= len(edges):
             return None
-        return i64(users[idx == int(arg)])
+        return i64(users[pick & (idx == int(arg))])
 
-    return Result("interval", ctx.common.project, data, {"buckets": lazy_frame(buckets)},
-                  cell_users, cache)
+    return Result("interval", ctx.common.project, data,
+                  {"buckets": lazy_frame(data["buckets"])}, cell_users, cache)

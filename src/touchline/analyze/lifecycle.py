@@ -4,7 +4,9 @@ Spec: ``{"from": ..., "to": ..., "period": "day" | "week" | "month",
 "event": {"event": "pay"}}`` (any event when ``event`` is left out). New: first active
 period ever; returning: active this period and the one before; resurrecting: active
 now, not in the period before, but at some time earlier; dormant: active in the period
-before, not in this one.
+before, not in this one. A ``breakdown`` repeats the periods per value (an event property
+is read on the user's first active event in the range, or its last with ``"attribution":
+"last"``; users active only before the range are ``(none)``).
 """
 
 from __future__ import annotations
@@ -56,20 +58,24 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     starts, counts, _ = _pass(ctx, spec)
     rows = _rows(starts, counts, "")
     data: dict[str, Any] = {"periods": rows}
+    sel = parse_event_sel(spec.get("event", {"event": "$any"}), "event")
     splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
-                         "lifecycle")
+                         "lifecycle", rows=lambda: ctx.mask(sel) & ctx.range_mask())
     if splits:
-        data["breakdown"] = [{"value": label, "periods": _rows(starts, _pass(
-            ctx, spec, include=mask)[1], f"/{label}")} for label, mask in splits.items()]
+        data["breakdown"] = splits.parts(lambda mask, suffix: {"periods": _rows(
+            starts, _pass(ctx, spec, include=mask)[1], suffix)})
     names = [s.isoformat() for s in starts]
 
     def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
-        base, _, label = cell.partition("/")
+        opened = splits.open(cell)
+        if opened is None:
+            return None
+        base, mask = opened
         status, _, day = base.partition(":")
-        if status not in STATUSES or day not in names or (label and label not in splits):
+        if status not in STATUSES or day not in names:
             return None
         target = (names.index(day) + 1, STATUSES.index(status))
-        return np.flatnonzero(_pass(ctx, spec, target, splits.get(label))[2])
+        return np.flatnonzero(_pass(ctx, spec, target, mask)[2])
 
     frame = lazy_frame([{k: v for k, v in r.items() if k != "cells"} for r in rows])
     return Result("lifecycle", ctx.common.project, data, {"periods": frame},

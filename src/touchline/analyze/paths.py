@@ -7,8 +7,10 @@ Spec::
      "group": [{"pattern": "^coupon_", "name": "coupon"}], "top": 20}
 
 The result has ``nodes`` and weighted ``edges`` for a Sankey chart (a node is an event
-at a step: ``"2:add_to_cart"``), the most common whole paths, and a cell per node and
-edge to open the users behind it.
+at a step: ``"2:add_to_cart"``), the most common whole paths, and a cell per node, edge
+and top path to open the users behind it. A ``breakdown`` repeats all of it per value
+(an event property is read on the user's first start event in the range, or the first
+end event when there is no start; ``"attribution": "last"`` takes the last).
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInput
+from .breakdown import user_splits
 from .context import Context, EventSel, parse_event_sel
 from .kernels import paths_pass
 from .result import Result, i64, lazy_frame
 from .spec import opt_int, parse_duration
 
 __all__ = ["run"]
+
+Bool = npt.NDArray[np.bool_]
+I64 = npt.NDArray[np.int64]
 
 
 def _node_codes(ctx: Context, spec: Mapping[str, Any]) -> tuple[npt.NDArray[np.int64], list[str],
@@ -108,58 +114,97 @@ def _count_rows(rows: npt.NDArray[np.int64], n_labels: int,
     return uniq.astype(np.int64), cnt.astype(np.int64)
 
 
+def _top_paths(rows: I64, n_labels: int, top: int) -> tuple[I64, I64]:
+    """The ``top`` most common whole paths (as node rows) and how many times each."""
+    if not len(rows):
+        return np.empty((0, rows.shape[1]), np.int64), np.empty(0, np.int64)
+    uniq, cnt = _count_rows(rows, n_labels)
+    best = np.argsort(-cnt, kind="stable")[:top]
+    return uniq[best], cnt[best]
+
+
 def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     nodes_arr, users, labels, steps, _ = _compute(ctx, spec)
     top = opt_int(spec, "top", 20, lo=1, hi=1000)
     n_labels = max(len(labels), 1)
-    nodes = []
-    for i in range(steps):
-        col = nodes_arr[:, i]
-        cnt = np.bincount(col[col >= 0], minlength=n_labels)
-        for code in np.flatnonzero(cnt):
-            nodes.append({"id": f"{i + 1}:{labels[code]}", "step": i + 1, "event": labels[code],
-                          "count": int(cnt[code]), "cell": f"node:{i + 1}:{labels[code]}"})
-    edges = []
-    for i in range(steps - 1):
-        a, b = nodes_arr[:, i], nodes_arr[:, i + 1]
-        ok = (a >= 0) & (b >= 0)
-        key = a[ok] * n_labels + b[ok]
-        counts = np.bincount(key, minlength=n_labels * n_labels)
-        vals = np.flatnonzero(counts)
-        for v, c in zip(vals, counts[vals], strict=True):
-            src, dst = labels[v // n_labels], labels[v % n_labels]
-            edges.append({"source": f"{i + 1}:{src}", "target": f"{i + 2}:{dst}",
-                          "value": int(c), "cell": f"edge:{i + 1}:{src}:{dst}"})
-    # Most common whole paths.
-    top_paths: list[dict[str, Any]] = []
-    if len(nodes_arr):
-        uniq, cnt = _count_rows(nodes_arr, n_labels)
-        for idx in np.argsort(-cnt, kind="stable")[:top]:
-            top_paths.append({"path": [labels[x] for x in uniq[idx] if x >= 0],
-                              "count": int(cnt[idx])})
-    # Paths come out user by user, so distinct users are where the user changes.
-    n_users = int(np.count_nonzero(np.diff(users))) + 1 if len(users) else 0
-    data = {"paths": len(nodes_arr), "users": n_users, "nodes": nodes,
-            "edges": edges, "top_paths": top_paths}
-    frames = {"nodes": lazy_frame(nodes), "edges": lazy_frame(edges),
-              "top_paths": lazy_frame(top_paths)}
+
+    def body(mask: Bool | None, suffix: str) -> dict[str, Any]:
+        rows = nodes_arr if mask is None else nodes_arr[mask[users]]
+        who = users if mask is None else users[mask[users]]
+        nodes = []
+        for i in range(steps):
+            col = rows[:, i]
+            cnt = np.bincount(col[col >= 0], minlength=n_labels)
+            for code in np.flatnonzero(cnt):
+                nodes.append({"id": f"{i + 1}:{labels[code]}", "step": i + 1,
+                              "event": labels[code], "count": int(cnt[code]),
+                              "cell": f"node:{i + 1}:{labels[code]}{suffix}"})
+        edges = []
+        for i in range(steps - 1):
+            a, b = rows[:, i], rows[:, i + 1]
+            ok = (a >= 0) & (b >= 0)
+            counts = np.bincount(a[ok] * n_labels + b[ok], minlength=n_labels * n_labels)
+            vals = np.flatnonzero(counts)
+            for v, c in zip(vals, counts[vals], strict=True):
+                src, dst = labels[v // n_labels], labels[v % n_labels]
+                edges.append({"source": f"{i + 1}:{src}", "target": f"{i + 2}:{dst}",
+                              "value": int(c), "cell": f"edge:{i + 1}:{src}:{dst}{suffix}"})
+        uniq, cnt = _top_paths(rows, n_labels, top)
+        top_paths = [{"path": [labels[x] for x in uniq[i] if x >= 0], "count": int(cnt[i]),
+                      "cell": f"path:{i + 1}{suffix}"} for i in range(len(cnt))]
+        # Paths come out user by user, so distinct users are where the user changes.
+        n_users = int(np.count_nonzero(np.diff(who))) + 1 if len(who) else 0
+        return {"paths": len(rows), "users": n_users, "users_cell": f"users{suffix}",
+                "nodes": nodes, "edges": edges, "top_paths": top_paths}
+
+    data = body(None, "")
+
+    def deciding() -> Bool:
+        # The event a path starts from: the start event, else the end event.
+        sel = spec.get("start") if spec.get("start") is not None else spec.get("end")
+        which = "start" if spec.get("start") is not None else "end"
+        base = parse_event_sel(sel, which) if sel is not None else EventSel(("$any",), None,
+                                                                           "any")
+        return ctx.mask(base) & ctx.range_mask()
+
+    splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
+                         "paths", rows=deciding, among=np.unique(users))
+    if splits:
+        data["breakdown"] = splits.parts(body)
+    frames = {"nodes": lazy_frame(data["nodes"]), "edges": lazy_frame(data["edges"]),
+              "top_paths": lazy_frame(data["top_paths"])}
     index = {lab: i for i, lab in enumerate(labels)}
 
     def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
-        parts = cell.split(":")
-        try:
-            step = int(parts[1]) - 1
-        except (IndexError, ValueError):
+        opened = splits.open(cell)
+        if opened is None:
             return None
+        base, mask = opened
+        pick = np.ones(len(users), bool) if mask is None else mask[users]
+        if base == "users":
+            return i64(users[pick])
+        kind, _, rest = base.partition(":")
+        num, _, rest = rest.partition(":")
+        if not num.isdigit():
+            return None
+        if kind == "path" and not rest:
+            uniq, _ = _top_paths(nodes_arr[pick], n_labels, top)
+            rank = int(num) - 1
+            if not 0 <= rank < len(uniq):
+                return None
+            return i64(users[pick & (nodes_arr == uniq[rank]).all(axis=1)])
+        step = int(num) - 1
         if not 0 <= step < steps:
             return None
-        if parts[0] == "node" and len(parts) == 3 and parts[2] in index:
-            return i64(users[nodes_arr[:, step] == index[parts[2]]])
-        if (parts[0] == "edge" and len(parts) == 4 and step + 1 < steps
-                and parts[2] in index and parts[3] in index):
-            m = (nodes_arr[:, step] == index[parts[2]]) & (
-                nodes_arr[:, step + 1] == index[parts[3]])
-            return i64(users[m])
+        if kind == "node" and rest in index:
+            return i64(users[pick & (nodes_arr[:, step] == index[rest])])
+        if kind == "edge" and step + 1 < steps:
+            # Group names may hold colons: find the split that names two nodes.
+            for at in range(len(rest)):
+                if rest[at] == ":" and rest[:at] in index and rest[at + 1:] in index:
+                    m = (nodes_arr[:, step] == index[rest[:at]]) & (
+                        nodes_arr[:, step + 1] == index[rest[at + 1:]])
+                    return i64(users[pick & m])
         return None
 
     return Result("paths", ctx.common.project, data, frames, cell_users, ctx.cache)

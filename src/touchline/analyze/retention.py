@@ -8,7 +8,9 @@ Spec::
      "retention": "on" | "on_or_after", "brackets": [[1, 1], [2, 7], [8, 30]]}
 
 Column 0 is the cohort itself (everyone who started). The other columns are periods
-1..``periods`` or the given brackets (inclusive period numbers).
+1..``periods`` or the given brackets (inclusive period numbers). A ``breakdown`` repeats
+the cohorts per value (an event property is read on the user's first start event in the
+range, or its last with ``"attribution": "last"``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInput
-from .breakdown import user_splits
+from .breakdown import Splits, user_splits
 from .context import Context, parse_event_sel
 from .kernels import retention_pass
 from .result import Result, lazy_frame, ratio
@@ -113,23 +115,31 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     data: dict[str, Any] = {"period": p["period"], "columns": ["0", *p["names"]],
                             "cohorts": cohorts, "users": total,
                             "average_rates": [1.0 if total else 0.0, *average]}
-    splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
-                         "retention")
+    splits = Splits()
+    if spec.get("breakdown") is not None:
+        # Only users with a start event in the range can be in a cohort; an event
+        # property is read on the first (or last) of those start events.
+        start_rows = ctx.mask(p["start"]) & ctx.range_mask()
+        splits = user_splits(ctx.cache, spec["breakdown"], ctx.resolver, ctx.common.project,
+                             "retention", rows=lambda: start_rows,
+                             among=np.unique(ctx.cache.uidx[start_rows]).astype(np.int64))
+
+    def part(mask: npt.NDArray[np.bool_], suffix: str) -> dict[str, Any]:
+        _, bc, bs, _ = _pass(ctx, p, include=mask)
+        return {"users": int(bs.sum()), "cohorts": _cohorts(starts, bc, bs, n_cols, suffix)}
+
     if splits:
-        data["breakdown"] = []
-        for label, mask in splits.items():
-            _, bc, bs, _ = _pass(ctx, p, include=mask)
-            data["breakdown"].append({"value": label, "users": int(bs.sum()),
-                                      "cohorts": _cohorts(starts, bc, bs, n_cols, f"/{label}")})
+        data["breakdown"] = splits.parts(part)
     frame = lazy_frame(
         [{"cohort": c["cohort"], "users": c["users"],
           **{name: c["retained"][b + 1] for b, name in enumerate(p["names"])}} for c in cohorts])
     names = [s.isoformat() for s in starts]
 
     def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
-        base, _, label = cell.partition("/")
-        if label and label not in splits:
+        opened = splits.open(cell)
+        if opened is None:
             return None
+        base, mask = opened
         parts = base.split(":")
         if parts[0] != "cohort" or len(parts) not in (2, 3) or parts[1] not in names:
             return None
@@ -140,7 +150,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
             return None
         if not -1 <= b < n_cols:
             return None
-        return np.flatnonzero(_pass(ctx, p, (c, b), splits.get(label))[3])
+        return np.flatnonzero(_pass(ctx, p, (c, b), mask)[3])
 
     return Result("retention", ctx.common.project, data, {"cohorts": frame}, cell_users,
                   ctx.cache)

@@ -11,6 +11,8 @@ Recency is days from the user's last event to ``as_of`` (default ``to``); freque
 the number of events in ``[from, as_of)``; monetary the sum of the ``monetary``
 property (the frequency when none is named). Scores run 1 (worst) to ``bins`` (best).
 Layers are tried in order; the first whose score ranges all hold wins, else ``others``.
+A ``breakdown`` splits the scored users (scores stay those of the whole base); an event
+property is read on the user's first (or last) counted event in ``[from, as_of)``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import numpy.typing as npt
 import pandas as pd
 
 from ..errors import InvalidInput
+from .breakdown import user_splits
 from .context import Context, EventSel, parse_event_sel
 from .kernels import rfm_pass
-from .result import Result, i64
+from .result import Result, i64, lazy_frame
 from .spec import local_ms, opt_int, opt_str, parse_date, req_mapping
 
 __all__ = ["DEFAULT_LAYERS", "RfmSpec", "layers_as_of", "parse", "run", "scores"]
@@ -194,22 +197,39 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     as_of_ms = local_ms(as_of, ctx.common.tz)
     users, r, f, m, rsc, fsc, msc = scores(ctx, rs, ctx.common.start_ms, as_of_ms)
     names, lay = assign_layers(rs, rsc, fsc, msc)
-    layers = []
-    for i, name in enumerate(names):
-        sel = lay == i
-        n = int(np.count_nonzero(sel))
-        layers.append({
-            "layer": name, "users": n, "share": round(n / len(users), 6) if len(users) else 0.0,
-            "avg_recency_days": float(r[sel].mean()) if n else None,
-            "avg_frequency": float(f[sel].mean()) if n else None,
-            "avg_monetary": float(m[sel].mean()) if n else None,
-            "cell": f"layer:{name}"})
     b = rs.bins
-    grid = np.bincount((rsc - 1) * b + (fsc - 1), minlength=b * b).reshape(b, b)
-    rf = [{"r": i + 1, "f": j + 1, "users": int(grid[i, j]), "cell": f"rf:{i + 1}:{j + 1}"}
-          for i in range(b) for j in range(b)]
-    data = {"as_of": as_of.isoformat(), "users": len(users), "bins": b, "layers": layers,
-            "rf_grid": rf}
+
+    def body(mask: npt.NDArray[np.bool_] | None, suffix: str) -> dict[str, Any]:
+        # A breakdown splits the users scored over everyone: scores are not re-ranked
+        # within a part, so a part shows where its users stand in the whole base.
+        pick = None if mask is None else mask[users]
+        total = len(users) if pick is None else int(np.count_nonzero(pick))
+        layers = []
+        for i, name in enumerate(names):
+            sel = lay == i if pick is None else pick & (lay == i)
+            n = int(np.count_nonzero(sel))
+            layers.append({
+                "layer": name, "users": n, "share": round(n / total, 6) if total else 0.0,
+                "avg_recency_days": float(r[sel].mean()) if n else None,
+                "avg_frequency": float(f[sel].mean()) if n else None,
+                "avg_monetary": float(m[sel].mean()) if n else None,
+                "cell": f"layer:{name}{suffix}"})
+        rs_, fs_ = (rsc, fsc) if pick is None else (rsc[pick], fsc[pick])
+        grid = np.bincount((rs_ - 1) * b + (fs_ - 1), minlength=b * b).reshape(b, b)
+        rf = [{"r": i + 1, "f": j + 1, "users": int(grid[i, j]),
+               "cell": f"rf:{i + 1}:{j + 1}{suffix}"} for i in range(b) for j in range(b)]
+        return {"users": total, "users_cell": f"users{suffix}", "layers": layers, "rf_grid": rf}
+
+    data = {"as_of": as_of.isoformat(), "bins": b, **body(None, "")}
+
+    def deciding() -> npt.NDArray[np.bool_]:
+        t = ctx.cache.times
+        return ctx.mask(rs.event) & (t >= ctx.common.start_ms) & (t < as_of_ms)
+
+    splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
+                         "rfm", rows=deciding, among=users)
+    if splits:
+        data["breakdown"] = splits.parts(body)
 
     def frame() -> pd.DataFrame:
         return pd.DataFrame({"user_id": ctx.cache.users[users], "recency_days": r,
@@ -217,12 +237,19 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
                              "layer": pd.Categorical.from_codes(lay, names)})
 
     def cell_users(cell: str) -> I64 | None:
-        parts = cell.split(":")
-        if parts[0] == "layer" and len(parts) == 2 and parts[1] in names:
-            return i64(users[lay == names.index(parts[1])])
+        opened = splits.open(cell)
+        if opened is None:
+            return None
+        base, mask = opened
+        pick = np.ones(len(users), bool) if mask is None else mask[users]
+        parts = base.split(":")
+        if base == "users":
+            return i64(users[pick])
+        if parts[0] == "layer" and base[6:] in names:
+            return i64(users[pick & (lay == names.index(base[6:]))])
         if parts[0] == "rf" and len(parts) == 3 and all(p.isdigit() for p in parts[1:]):
-            return i64(users[(rsc == int(parts[1])) & (fsc == int(parts[2]))])
+            return i64(users[pick & (rsc == int(parts[1])) & (fsc == int(parts[2]))])
         return None
 
     return Result("rfm", ctx.common.project, data,
-                  {"layers": pd.DataFrame(layers), "users": frame}, cell_users, ctx.cache)
+                  {"layers": lazy_frame(data["layers"]), "users": frame}, cell_users, ctx.cache)

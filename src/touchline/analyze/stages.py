@@ -16,6 +16,9 @@ optionally only the last ``within``. Aggregates: ``count``, ``sum`` (of ``proper
 ``days_since_first_seen``, ``days_since_last_seen``. Stages are tried in order
 (``when``: all hold, ``when_any``: one holds, ``where``: profile filters); the first
 that matches wins, else ``other``. Users with no event before ``as_of`` are not staged.
+The spec's ``where`` applies to every event read, the built-in metrics' included. A
+``breakdown`` splits the staged users; an event property is read on the user's first
+(or last) event before ``as_of``.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInput
+from .breakdown import user_splits
 from .context import Context, EventSel, parse_event_sel
-from .filters import Filter, parse_filter, user_mask
+from .filters import Filter, parse_filter, row_mask, user_mask
 from .result import Result, lazy_frame
 from .spec import local_ms, opt_str, parse_date, parse_duration, req_mapping
 
@@ -126,10 +130,18 @@ def parse(spec: Mapping[str, Any]) -> tuple[dict[str, Metric], tuple[Stage, ...]
     return metrics, tuple(stages)
 
 
+def _history(ctx: Context, as_of_ms: int) -> npt.NDArray[np.bool_]:
+    """The events a user's stage is read from: all before ``as_of`` that pass the
+    spec's ``where`` (the built-in metrics and who is staged at all follow it too)."""
+    before: npt.NDArray[np.bool_] = ctx.cache.times < as_of_ms
+    gw = row_mask(ctx.cache, ctx.global_where)
+    return before if gw is None else before & gw
+
+
 def _values(ctx: Context, metrics: dict[str, Metric], as_of_ms: int,
             ) -> tuple[I64, dict[str, F64]]:
     cache = ctx.cache
-    before = cache.times < as_of_ms
+    before = _history(ctx, as_of_ms)
     seen = np.flatnonzero(np.bincount(cache.uidx[before], minlength=cache.n_users) > 0)
     out: dict[str, F64] = {}
 
@@ -202,18 +214,35 @@ def stages_as_of(ctx: Context, spec: Mapping[str, Any], as_of_ms: int) -> tuple[
 
 def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     as_of = parse_date(spec["as_of"], "as_of") if "as_of" in spec else ctx.common.end
-    names, lay = stages_as_of(ctx, spec, local_ms(as_of, ctx.common.tz))
+    as_of_ms = local_ms(as_of, ctx.common.tz)
+    names, lay = stages_as_of(ctx, spec, as_of_ms)
     staged = np.flatnonzero(lay >= 0)
-    counts = np.bincount(lay[staged], minlength=len(names))
-    rows = [{"stage": n, "users": int(counts[i]), "cell": f"stage:{n}"}
-            for i, n in enumerate(names)]
+
+    def body(mask: npt.NDArray[np.bool_] | None, suffix: str) -> dict[str, Any]:
+        keep = staged if mask is None else staged[mask[staged]]
+        counts = np.bincount(lay[keep], minlength=len(names))
+        return {"users": len(keep), "users_cell": f"users{suffix}",
+                "stages": [{"stage": n, "users": int(counts[i]), "cell": f"stage:{n}{suffix}"}
+                           for i, n in enumerate(names)]}
+
+    data = {"as_of": as_of.isoformat(), **body(None, "")}
+    splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
+                         "lifecycle_stages", rows=lambda: _history(ctx, as_of_ms), among=staged)
+    if splits:
+        data["breakdown"] = splits.parts(body)
 
     def cell_users(cell: str) -> I64 | None:
-        kind, _, name = cell.partition(":")
+        opened = splits.open(cell)
+        if opened is None:
+            return None
+        base, mask = opened
+        pick = lay >= 0 if mask is None else mask & (lay >= 0)
+        if base == "users":
+            return np.flatnonzero(pick)
+        kind, _, name = base.partition(":")
         if kind != "stage" or name not in names:
             return None
-        return np.flatnonzero(lay == names.index(name))
+        return np.flatnonzero(pick & (lay == names.index(name)))
 
-    return Result("lifecycle_stages", ctx.common.project,
-                  {"as_of": as_of.isoformat(), "users": len(staged), "stages": rows},
-                  {"stages": lazy_frame(rows)}, cell_users, ctx.cache)
+    return Result("lifecycle_stages", ctx.common.project, data,
+                  {"stages": lazy_frame(data["stages"])}, cell_users, ctx.cache)

@@ -8,7 +8,10 @@ Spec::
 
 ``model.kind`` is ``rfm`` (scored over the ``lookback`` before each date, default 90
 days) or ``lifecycle_stages`` (its stage rules evaluated as of each date). Users with
-no layer on a date are in ``(none)``. Each cell opens as a user list.
+no layer on a date are in ``(none)``. Each cell opens as a user list, and so do the
+row and column totals (``before:LAYER``, ``after:LAYER``). A ``breakdown`` repeats the
+matrix per value; an event property is read on the user's first (or last) event before
+the second date.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import pandas as pd
 
 from ..errors import InvalidInput
 from . import rfm, stages
-from .context import Context
+from .breakdown import user_splits
+from .context import Context, EventSel
 from .result import Result, lazy_frame
 from .spec import local_ms, opt_str, parse_date, parse_duration, req_list, req_mapping
 
@@ -58,23 +62,53 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     b = np.where(b < 0, none, b)
     either = (a != none) | (b != none)
     k = len(labels)
-    grid = np.bincount(a[either] * k + b[either], minlength=k * k).reshape(k, k)
-    cells = [{"from": labels[i], "to": labels[j], "users": int(grid[i, j]),
-              "cell": f"cell:{labels[i]}:{labels[j]}"}
-             for i in range(k) for j in range(k) if grid[i, j]]
+    d2_ms = local_ms(d2, ctx.common.tz)
+
+    def body(mask: npt.NDArray[np.bool_] | None, suffix: str) -> dict[str, Any]:
+        keep = either if mask is None else either & mask
+        grid = np.bincount(a[keep] * k + b[keep], minlength=k * k).reshape(k, k)
+        cells = [{"from": labels[i], "to": labels[j], "users": int(grid[i, j]),
+                  "cell": f"cell:{labels[i]}:{labels[j]}{suffix}"}
+                 for i in range(k) for j in range(k) if grid[i, j]]
+        return {"users": int(np.count_nonzero(keep)), "users_cell": f"users{suffix}",
+                "matrix": grid.tolist(), "cells": cells,
+                "before": {labels[i]: int(grid[i].sum()) for i in range(k)},
+                "after": {labels[j]: int(grid[:, j].sum()) for j in range(k)},
+                "before_cells": {lab: f"before:{lab}{suffix}" for lab in labels},
+                "after_cells": {lab: f"after:{lab}{suffix}" for lab in labels}}
+
+    def deciding() -> npt.NDArray[np.bool_]:
+        return ctx.mask(EventSel(("$any",), None, "any")) & (ctx.cache.times < d2_ms)
+
     data = {"model": kind, "dates": [d1.isoformat(), d2.isoformat()], "layers": labels,
-            "matrix": grid.tolist(), "cells": cells,
-            "before": {labels[i]: int(grid[i].sum()) for i in range(k)},
-            "after": {labels[j]: int(grid[:, j].sum()) for j in range(k)}}
-    frame = lazy_frame(grid, index=pd.Index(labels, name="from"),
-                         columns=pd.Index(labels, name="to"))
+            **body(None, "")}
+    splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
+                         "transitions", rows=deciding, among=np.flatnonzero(either))
+    if splits:
+        data["breakdown"] = splits.parts(body)
+    frame = lazy_frame(np.array(data["matrix"]), index=pd.Index(labels, name="from"),
+                       columns=pd.Index(labels, name="to"))
 
     def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
-        parts = cell.split(":")
-        if parts[0] != "cell" or len(parts) != 3 or parts[1] not in labels or parts[2] not in labels:
+        opened = splits.open(cell)
+        if opened is None:
             return None
-        i, j = labels.index(parts[1]), labels.index(parts[2])
-        return np.flatnonzero(either & (a == i) & (b == j))
+        base, mask = opened
+        keep = either if mask is None else either & mask
+        if base == "users":
+            return np.flatnonzero(keep)
+        kind_, _, rest = base.partition(":")
+        if kind_ in ("before", "after") and rest in labels:
+            side = a if kind_ == "before" else b
+            return np.flatnonzero(keep & (side == labels.index(rest)))
+        if kind_ != "cell":
+            return None
+        # Layer names may hold colons: find the split that names two layers.
+        for at in range(len(rest)):
+            if rest[at] == ":" and rest[:at] in labels and rest[at + 1:] in labels:
+                i, j = labels.index(rest[:at]), labels.index(rest[at + 1:])
+                return np.flatnonzero(keep & (a == i) & (b == j))
+        return None
 
     return Result("transitions", ctx.common.project, data, {"matrix": frame}, cell_users,
                   ctx.cache)

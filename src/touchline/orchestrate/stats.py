@@ -1,5 +1,8 @@
 """What a journey did: per-journey and per-node counts, and each user's timeline.
 
+Message nodes with content variants also report each variant (sent, converted, rate;
+for a bandit its counts and chance of being the best), so variants compare side by side.
+
 Counts come straight from the engine's own tables (states, log, goals, outbox), so
 every number can be opened: the same WHERE clause lists the users behind it.
 """
@@ -8,11 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 
+from .bandit import MemoryBanditStore, ThompsonBandit
+from .content import bandit_key
 from .storage import Tx, get_journey
 
-__all__ = ["journey_stats", "user_timeline"]
+__all__ = ["journey_stats", "user_timeline", "variant_stats"]
 
 # Log kinds that mean "the user reached this node".
 _ARRIVALS = ("node", "wait", "message", "skipped")
@@ -70,6 +76,8 @@ def journey_stats(tx: Tx, project: str, journey_id: str) -> dict[str, Any]:
             "SELECT node, status, COUNT(*) FROM journey_outbox WHERE project = ? AND "
             "journey_id = ? GROUP BY node, status", args):
         node(name)["messages"][status] = int(count)
+    for name, per_variant in variant_stats(tx, project, journey_id).items():
+        node(name)["variants"] = per_variant
     return {
         "journey": rec.to_dict(),
         "entered": int(entered or 0),
@@ -81,6 +89,60 @@ def journey_stats(tx: Tx, project: str, journey_id: str) -> dict[str, Any]:
         "messages": messages,
         "nodes": nodes,
     }
+
+
+def variant_stats(tx: Tx, project: str, journey_id: str) -> dict[str, dict[str, Any]]:
+    """Per message node with content variants, per variant: messages by status, entries
+    sent, entries converted per goal among them (the goal reached after the message
+    was written), the conversion rate, and for a bandit its arm counts and the chance
+    each arm is the best."""
+    args = (project, journey_id)
+    out: dict[str, dict[str, Any]] = {}
+
+    def variant(name: str, vid: str) -> dict[str, Any]:
+        found: dict[str, Any] = out.setdefault(name, {}).setdefault(
+            vid, {"messages": {}, "sent": 0, "converted": {}, "conversion": {}})
+        return found
+
+    for name, vid, status, count in tx.fetchall(
+            "SELECT node, variant, status, COUNT(*) FROM journey_outbox WHERE project = ? "
+            "AND journey_id = ? AND variant IS NOT NULL GROUP BY node, variant, status", args):
+        variant(name, vid)["messages"][status] = int(count)
+    for name, vid, count in tx.fetchall(
+            "SELECT node, variant, COUNT(DISTINCT user_id || ':' || entry_key) FROM "
+            "journey_outbox WHERE project = ? AND journey_id = ? AND variant IS NOT NULL "
+            "AND status = 'sent' GROUP BY node, variant", args):
+        variant(name, vid)["sent"] = int(count)
+    # Only sent messages can have earned a conversion: a skipped one was never seen.
+    for name, vid, goal, count in tx.fetchall(
+            "SELECT o.node, o.variant, g.goal, COUNT(DISTINCT o.user_id || ':' || o.entry_key) "
+            "FROM journey_outbox o JOIN journey_goals g ON g.project = o.project AND "
+            "g.journey_id = o.journey_id AND g.user_id = o.user_id AND "
+            "g.entry_key = o.entry_key WHERE o.project = ? AND o.journey_id = ? AND "
+            "o.variant IS NOT NULL AND o.status = 'sent' AND g.at_ms >= o.created_ms "
+            "GROUP BY o.node, o.variant, g.goal", args):
+        v = variant(name, vid)
+        v["converted"][goal] = int(count)
+        v["conversion"][goal] = round(int(count) / v["sent"], 4) if v["sent"] else None
+    for name, per_variant in out.items():
+        key = bandit_key(project, journey_id, name)
+        rows = tx.fetchall("SELECT arm, sends, conversions FROM content_bandit "
+                           "WHERE bandit_key = ?", (key,))
+        if not rows:
+            continue
+        store = MemoryBanditStore()
+        for arm, sends, conversions in rows:
+            store.add(key, str(arm), sends=int(sends), conversions=int(conversions))
+        arms = sorted(per_variant)
+        # A fixed seed: the same counts always report the same chances.
+        best = ThompsonBandit(store, rng=np.random.default_rng(0)).probability_best(key, arms)
+        counts = store.counts(key)
+        for arm in arms:
+            c = counts.get(arm)
+            variant(name, arm)["bandit"] = {
+                "sends": c.sends if c else 0, "conversions": c.conversions if c else 0,
+                "p_best": round(best[arm], 4)}
+    return out
 
 
 def user_timeline(tx: Tx, project: str, user_id: int,

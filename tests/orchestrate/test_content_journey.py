@@ -279,6 +279,29 @@ def test_bandit_counts_no_trial_for_a_skipped_message_and_no_win_without_a_send(
     assert counts == {status[1][1]: ArmCounts(1, 1)}
 
 
+def test_a_send_recorded_twice_counts_one_trial(jstore: StateStore,
+                                                sink: ProviderState) -> None:
+    """A slow worker's lease runs out, another resends and records; then the slow one
+    records too. The bandit counts each message once."""
+    engine = Engine(jstore, VirtualClock(NOON_SHANGHAI), profiles=table_profiles,
+                    rng=np.random.default_rng(2))
+    apply(engine, BANDIT)
+    for u in range(1, 11):
+        engine.enter_api("default", "learn", u, {}, key="k")
+    slow, quick = make_outbox(engine, sink), make_outbox(engine, sink)
+    run = _LOOP[-1].run_until_complete
+    late = run(slow.send(slow.claim()))
+    clock_of(engine).advance(60)  # past the 30 s lease
+    again = quick.claim()
+    assert len(again) == 10
+    quick.record(run(quick.send(again)))
+    slow.record(late)
+    got = Counter(variants_sent(jstore, "learn").values())
+    counts = StateBanditStore(jstore).counts(bandit_key("default", "learn", "offer"))
+    assert counts == {arm: ArmCounts(n, 0) for arm, n in got.items()}
+    assert set(sink.seen_keys.values()) == {2}
+
+
 def test_decided_once_per_entry_and_node_even_when_the_bandit_changes_its_mind(
         jstore: StateStore) -> None:
     loop = BANDIT.replace("decision: {strategy: bandit}",

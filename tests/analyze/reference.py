@@ -6,6 +6,7 @@ time, event key) and follow docs/analysis.md word for word, by brute force.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -180,3 +181,87 @@ def paths_from(events: Sequence[Event], start: str, steps: int, gap_ms: int,
                 i = names.index(start)
                 out[tuple(names[i:i + steps])] += 1
     return dict(out)
+
+
+def _text(v: Any) -> str:
+    """A property value as the event source hands it over (JSON text of a scalar)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _number(s: str) -> float | None:
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def _equal(s: str, want: Any) -> bool:
+    if isinstance(want, int | float) and not isinstance(want, bool):
+        return _number(s) == float(want)
+    return s == _text(want)
+
+
+def cond_holds(cond: dict[str, Any], value: Any) -> bool:
+    """One filter condition on one property value (None: unset), as docs/analysis.md
+    words it: ``!=``, ``not in`` and ``is not set`` hold where the property is unset,
+    nothing else does; numbers compare as numbers."""
+    op: str = cond.get("op", "=")
+    want: Any = cond["value"] if "value" in cond else None
+    if value is None:
+        return op in ("!=", "not in", "is not set")
+    s = _text(value)
+    if op == "is set":
+        return True
+    if op == "is not set":
+        return False
+    if op == "=":
+        return _equal(s, want)
+    if op == "!=":
+        return not _equal(s, want)
+    if op == "in":
+        return any(_equal(s, w) for w in want)
+    if op == "not in":
+        return not any(_equal(s, w) for w in want)
+    if op == "contains":
+        return str(want) in s
+    if op == "regex":
+        return re.search(want, s) is not None
+    n = _number(s)
+    if n is None:
+        return False
+    limit = float(want)
+    return {">": n > limit, ">=": n >= limit, "<": n < limit, "<=": n <= limit}[op]
+
+
+def filter_holds(f: Any, props: dict[str, Any], profile: dict[str, Any]) -> bool:
+    """A whole filter (condition, list, and/or) on one event and its user's profile."""
+    if f is None:
+        return True
+    if isinstance(f, list):
+        return all(filter_holds(x, props, profile) for x in f)
+    if "and" in f:
+        return all(filter_holds(x, props, profile) for x in f["and"])
+    if "or" in f:
+        return any(filter_holds(x, props, profile) for x in f["or"])
+    name, on = f["property"], f.get("on", "event")
+    if name.startswith("user."):
+        name, on = name[5:], "profile"
+    return cond_holds(f, (profile if on == "profile" else props).get(name))
+
+
+def deciding_value(events: Sequence[Event], starts: Match, prop: str, *,
+                   last: bool = False) -> dict[int, str]:
+    """Per user, the breakdown label an event property gives it: the value on its first
+    (or last) event matching ``starts``, ``(none)`` when that event lacks it. Users with
+    no such event are left out."""
+    out: dict[int, str] = {}
+    for user, evs in by_user(events).items():
+        hits = [e for e in evs if starts(e)]
+        if hits:
+            e = hits[-1] if last else hits[0]
+            out[user] = _text(e[3][prop]) if e[3].get(prop) is not None else "(none)"
+    return out

@@ -5,6 +5,14 @@ prior_beta + sends - conversions)``. To choose, draw once from every arm's poste
 and take the highest draw; arms that convert better win more often, and uncertain
 arms still get explored. The state is two counts per arm, kept behind
 :class:`BanditStore` (the journey engine persists them in the state store).
+
+In journeys (message nodes with ``decision: {strategy: bandit}``) a trial counts when
+the delivery worker records the message sent (:func:`count_sends`) and a success
+when the journey goal converts for an entry whose message was sent
+(:func:`count_conversions`), each in the transaction that records the send or the
+goal. Counting at send rather than at choice keeps messages the policy skipped
+(caps, consent, quiet hours, a template the variant cannot fill) from counting
+against an arm the user never saw.
 """
 
 from __future__ import annotations

@@ -136,19 +136,47 @@ def list_cmd(project: str | None, data: Path | None) -> None:
 @journey.command("stats")
 @click.argument("journey_id")
 @click.option("--project", default="default", show_default=True)
+@click.option("--variants", "variants", is_flag=True,
+              help="A table of content variants per message node instead of the JSON.")
 @data_option
-def stats_cmd(journey_id: str, project: str, data: Path | None) -> None:
-    """Entered, waiting now, exited, converted, messages by status; per node."""
+def stats_cmd(journey_id: str, project: str, variants: bool, data: Path | None) -> None:
+    """Entered, waiting now, exited, converted, messages by status; per node and, for
+    message nodes with content variants, per variant."""
     from .stats import journey_stats
 
     rt = _runtime(data)
     try:
         with rt.state.transaction() as tx:
-            echo_json(journey_stats(tx, project, journey_id))
+            stats = journey_stats(tx, project, journey_id)
     except TouchlineError as exc:
         raise _fail(exc) from exc
     finally:
         rt.close()
+    if variants:
+        click.echo(_variant_table(stats))
+    else:
+        echo_json(stats)
+
+
+def _variant_table(stats: dict[str, Any]) -> str:
+    """One line per (node, variant, goal): sent, converted, rate, bandit chance of best."""
+    head = ("node", "variant", "sent", "goal", "converted", "rate", "p_best", "messages")
+    lines = [head]
+    for node, per_node in stats["nodes"].items():
+        for vid, v in sorted((per_node.get("variants") or {}).items()):
+            best = v.get("bandit", {}).get("p_best")
+            status = ",".join(f"{k}={n}" for k, n in sorted(v["messages"].items()))
+            for goal in sorted(v["converted"]) or [""]:
+                rate = v["conversion"].get(goal)
+                lines.append((node, vid, str(v["sent"]), goal or "-",
+                              str(v["converted"].get(goal, 0)),
+                              "-" if rate is None else f"{rate:.2%}",
+                              "-" if best is None else f"{best:.2f}", status))
+    if len(lines) == 1:
+        return "no message node of this journey has content variants"
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in lines)
 
 
 @journey.command("timeline")

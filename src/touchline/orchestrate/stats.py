@@ -9,6 +9,7 @@ every number can be opened: the same WHERE clause lists the users behind it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import orjson
 
 from .bandit import MemoryBanditStore, ThompsonBandit
 from .content import bandit_key
-from .storage import Tx, get_journey
+from .storage import Tx, get_journey, load_version
 
 __all__ = ["journey_stats", "user_timeline", "variant_stats"]
 
@@ -76,7 +77,8 @@ def journey_stats(tx: Tx, project: str, journey_id: str) -> dict[str, Any]:
             "SELECT node, status, COUNT(*) FROM journey_outbox WHERE project = ? AND "
             "journey_id = ? GROUP BY node, status", args):
         node(name)["messages"][status] = int(count)
-    for name, per_variant in variant_stats(tx, project, journey_id).items():
+    goal_names = [g.name for g in load_version(tx, project, journey_id, rec.version).goals]
+    for name, per_variant in variant_stats(tx, project, journey_id, goal_names).items():
         node(name)["variants"] = per_variant
     return {
         "journey": rec.to_dict(),
@@ -91,11 +93,13 @@ def journey_stats(tx: Tx, project: str, journey_id: str) -> dict[str, Any]:
     }
 
 
-def variant_stats(tx: Tx, project: str, journey_id: str) -> dict[str, dict[str, Any]]:
+def variant_stats(tx: Tx, project: str, journey_id: str, goals: Sequence[str] = ()
+                  ) -> dict[str, dict[str, Any]]:
     """Per message node with content variants, per variant: messages by status, entries
     sent, entries converted per goal among them (the goal reached after the message
     was written), the conversion rate, and for a bandit its arm counts and the chance
-    each arm is the best."""
+    each arm is the best. Every goal in ``goals`` is listed, with zeros where none
+    converted, so variants compare line by line."""
     args = (project, journey_id)
     out: dict[str, dict[str, Any]] = {}
 
@@ -113,6 +117,11 @@ def variant_stats(tx: Tx, project: str, journey_id: str) -> dict[str, dict[str, 
             "journey_outbox WHERE project = ? AND journey_id = ? AND variant IS NOT NULL "
             "AND status = 'sent' GROUP BY node, variant", args):
         variant(name, vid)["sent"] = int(count)
+    for per_variant in out.values():
+        for v in per_variant.values():
+            for goal in goals:
+                v["converted"][goal] = 0
+                v["conversion"][goal] = 0.0 if v["sent"] else None
     # Only sent messages can have earned a conversion: a skipped one was never seen.
     for name, vid, goal, count in tx.fetchall(
             "SELECT o.node, o.variant, g.goal, COUNT(DISTINCT o.user_id || ':' || o.entry_key) "

@@ -18,6 +18,8 @@ psycopg, duckdb, OSError) are mapped to this tree at the boundary where they occ
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthError",
     "ConfigError",
@@ -49,6 +51,11 @@ class InvalidInput(TouchlineError):
         self.index = index
         where = f"record {index}: " if index is not None else ""
         super().__init__(f"{where}{field}: {rule}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (the collector's decode workers); the default
+        # would call the class with ``args`` (the message) alone.
+        return (type(self), (self.field, self.rule), {**self.__dict__, "args": self.args})
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"field": self.field, "rule": self.rule}

@@ -27,16 +27,11 @@ from ..errors import InvalidInput
 from ..store.batch import EVENT_SCHEMA, IngestBatch, StateOutcome
 from .dedupe import DuplicateFilter, event_key
 from .log import IngestLog
-from .records import Record
+from .records import Record, encode_records
 
 __all__ = ["IngestPipeline", "IngestStats", "LogSink", "encode_records", "track_events_table"]
 
 log = logging.getLogger("touchline.ingest")
-
-
-def encode_records(records: Sequence[Record]) -> bytes:
-    """The log payload for one accepted request."""
-    return orjson.dumps([r.to_dict() for r in records])
 
 
 class LogSink:
@@ -52,6 +47,11 @@ class LogSink:
     def submit_sync(self, records: Sequence[Record]) -> None:
         if records:
             self._log.append_sync(encode_records(records))
+
+    async def submit_payload(self, payload: bytes) -> None:
+        """Accept records already encoded by :func:`encode_records` (decode workers)."""
+        if payload:
+            await self._log.append(payload)
 
 
 @dataclass

@@ -9,6 +9,7 @@ durable log, identity stitching, profiles, the event store) sees only records.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ __all__ = [
     "RESERVED_PROPERTIES",
     "Record",
     "RecordKind",
+    "encode_records",
     "is_junk_id",
 ]
 
@@ -101,3 +103,8 @@ class Record:
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+def encode_records(records: Sequence[Record]) -> bytes:
+    """The ingest log's payload for one accepted request."""
+    return orjson.dumps([r.to_dict() for r in records])

@@ -29,8 +29,8 @@ from touchline.server.collect import (
     DecodeOffload,
     collect_router,
 )
-from touchline.track.decode_pool import DecodePool
 from touchline.track.decode import java_string_hash
+from touchline.track.decode_pool import DecodePool
 from touchline.track.records import Record
 from touchline.track.sink import MemorySink, Project, StaticProjects
 

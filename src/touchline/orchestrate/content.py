@@ -11,16 +11,16 @@ template_id, content data) and a decision strategy:
   uses, so a content experiment and a branch experiment of one name split alike);
 - ``bandit``: Thompson sampling on the journey goal (:mod:`touchline.orchestrate.bandit`).
 
-Journey message nodes carry the decision as :class:`~touchline.orchestrate.model.
-MessageNode` ``variants`` and ``decision``; :func:`decision_of` turns one into a
-:class:`ContentDecision`, :func:`content_problems` lists what is wrong with one at apply
-time, and :func:`variant_parts` gives the message parts a chosen variant sends.
+Journey message nodes carry the decision as ``MessageNode.variants`` and ``MessageNode.decision``: :func:`decide_for_entry` picks
+(once per entry), :func:`decision_of` turns a node into a :class:`ContentDecision`,
+:func:`content_problems` lists what is wrong with one at apply time, and
+:func:`variant_parts` gives the message parts a chosen variant sends.
 :meth:`ContentDecision.from_dict` remains for decisions built outside a journey.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ __all__ = [
     "choose_by_rules",
     "choose_variant",
     "content_problems",
+    "decide_for_entry",
     "decision_of",
     "stable_unit",
     "variant_parts",
@@ -241,6 +242,44 @@ def bandit_key(project: str, journey_id: str, node_id: str) -> str:
     learning carries over a re-publish; give a variant a new id when its content changes
     enough that its past results no longer speak for it."""
     return f"{project}/{journey_id}/{node_id}"
+
+
+def decide_for_entry(
+    node: MessageNode,
+    node_id: str,
+    journey: Journey,
+    *,
+    user_id: int,
+    chosen: dict[str, Any],
+    bandit: ThompsonBandit,
+    member_of: Callable[[Sequence[str]], Collection[str]],
+) -> tuple[dict[str, Any], str]:
+    """The variant one journey entry gets at ``node_id``, and why.
+
+    ``chosen`` is the entry's record of earlier choices (kept in its journey state,
+    which commits with the outbox row): a node decided before keeps its variant, so a
+    loop back through the node, or a replayed step, sends what was chosen the first
+    time whatever the bandit thinks now. ``member_of`` answers which of the rules'
+    segments the user is in. The record gets ``id`` and ``strategy``, and for a bandit
+    its counts' ``bandit`` key and the ``goal`` that rewards it.
+    """
+    prev = chosen.get(node_id)
+    if prev is not None and any(v.id == prev.get("id") for v in node.variants):
+        return prev, "chosen on an earlier visit"
+    decision = decision_of(node, node_id)
+    segments: Collection[str] = ()
+    if decision.strategy == "rules":
+        segments = member_of(sorted({r.segment for r in decision.rules}))
+    key = bandit_key(journey.project, journey.id, node_id) \
+        if decision.strategy == "bandit" else ""
+    choice = choose_variant(decision, user_id=user_id, journey_id=journey.id,
+                            segments=segments, bandit=bandit, bandit_key=key)
+    rec: dict[str, Any] = {"id": choice.variant.id, "strategy": choice.strategy}
+    if key:
+        rec["bandit"] = key
+        rec["goal"] = bandit_goal(node, journey)
+    chosen[node_id] = rec
+    return rec, choice.reason
 
 
 def _variant_problems(node: MessageNode, path: str,

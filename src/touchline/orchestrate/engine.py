@@ -31,7 +31,7 @@ from ..clock import Clock
 from ..errors import InvalidInput, NotFound
 from . import scheduler
 from .bandit import StateBanditStore, ThompsonBandit
-from .content import bandit_goal, bandit_key, choose_variant, decision_of, variant_parts
+from .content import decide_for_entry, variant_parts
 from .model import (
     ApiEntry,
     ConditionNode,
@@ -306,32 +306,6 @@ class Engine:
             "SELECT segment FROM segment_members WHERE project = ? AND user_id = ? AND "
             f"segment IN ({marks})", [st.project, st.user_id, *segments])}
 
-    def _variant(self, tx: Tx, j: Journey, st: State, nid: str,
-                 node: MessageNode) -> tuple[dict[str, Any], str]:
-        """The content variant this entry gets at ``nid``, and why.
-
-        Decided once per (journey, user, node, entry) and kept in the entry's state,
-        which commits with the outbox row: a loop back through the node, or a replayed
-        step, sends what was chosen the first time, whatever the bandit thinks now.
-        """
-        chosen: dict[str, Any] = st.data.setdefault("variants", {})
-        prev = chosen.get(nid)
-        if prev is not None and any(v.id == prev.get("id") for v in node.variants):
-            return prev, "chosen on an earlier visit"
-        decision = decision_of(node, nid)
-        segments: set[str] = set()
-        if decision.strategy == "rules":
-            segments = self._member_of(tx, st, sorted({r.segment for r in decision.rules}))
-        key = bandit_key(j.project, j.id, nid) if decision.strategy == "bandit" else ""
-        choice = choose_variant(decision, user_id=st.user_id, journey_id=j.id,
-                                segments=segments, bandit=self.bandit, bandit_key=key)
-        rec: dict[str, Any] = {"id": choice.variant.id, "strategy": choice.strategy}
-        if key:
-            rec["bandit"] = key
-            rec["goal"] = bandit_goal(node, j)
-        chosen[nid] = rec
-        return rec, choice.reason
-
     def _message(self, tx: Tx, w: Writes, j: Journey, st: State, nid: str,
                  node: MessageNode | WebhookNode, now: int) -> None:
         visits = st.data.setdefault("visits", {})
@@ -364,7 +338,10 @@ class Engine:
                 w.log(st, nid, "skipped", {"reason": "no channel for this user"}, now)
                 return
             if node.variants:
-                variant, why = self._variant(tx, j, st, nid, node)
+                variant, why = decide_for_entry(
+                    node, nid, j, user_id=st.user_id, bandit=self.bandit,
+                    chosen=st.data.setdefault("variants", {}),
+                    member_of=lambda names: self._member_of(tx, st, names))
                 variant["message"] = mid
                 payload.update(variant_parts(node, variant["id"]))
                 payload["variant"] = {k: variant[k] for k in ("id", "strategy", "bandit")

@@ -152,16 +152,17 @@ class Splits:
 
 def user_splits(
     cache: EventCache, raw: Any, resolver: SegmentResolver | None, project: str, what: str, *,
-    rows: Callable[[], Bool] | None = None, among: I64 | None = None,
+    rows: Callable[[], Bool] | None = None, among: Callable[[], I64] | None = None,
 ) -> Splits:
     """Split users for analyses that count users rather than events.
 
     A profile property or segments decide by themselves. For an event property the
     value is taken on each user's first (``"attribution": "first"``, the default) or
     last (``"last"``) event among ``rows()``: the events the analysis starts from,
-    which each kind names (``what`` names the analysis in errors). ``among`` (dense
+    which each kind names (``what`` names the analysis in errors). ``among()`` (dense
     user indexes) limits the split to the users the analysis can count, so the
-    ``limit`` most common values are ranked among them.
+    ``limit`` most common values are ranked among them. Both are called only when a
+    breakdown is asked for: without one, a kind pays nothing here.
     """
     bd = parse_breakdown(raw)
     if bd is None:
@@ -169,7 +170,7 @@ def user_splits(
     if bd.attribution == "step":
         raise InvalidInput("breakdown.attribution",
                            f"step applies to funnels only; {what} takes first or last")
-    users = np.arange(cache.n_users, dtype=np.int64) if among is None else among
+    users = np.arange(cache.n_users, dtype=np.int64) if among is None else among()
     decide: I64 | None = None
     if bd.on == "event":
         if rows is None:

@@ -79,7 +79,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
 
     data = body(None, "")
     splits = user_splits(cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
-                         "distribution", rows=lambda: in_sel, among=users)
+                         "distribution", rows=lambda: in_sel, among=lambda: users)
     if splits:
         data["breakdown"] = splits.parts(body)
 

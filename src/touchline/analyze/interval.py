@@ -63,7 +63,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     data = body(None, "")
     splits = user_splits(cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
                          "interval", rows=lambda: is_a & ctx.range_mask(),
-                         among=np.unique(users))
+                         among=lambda: np.unique(users))
     if splits:
         data["breakdown"] = splits.parts(body)
 

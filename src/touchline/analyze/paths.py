@@ -168,7 +168,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
         return ctx.mask(base) & ctx.range_mask()
 
     splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
-                         "paths", rows=deciding, among=np.unique(users))
+                         "paths", rows=deciding, among=lambda: np.unique(users))
     if splits:
         data["breakdown"] = splits.parts(body)
     frames = {"nodes": lazy_frame(data["nodes"]), "edges": lazy_frame(data["edges"]),

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInput
-from .breakdown import Splits, user_splits
+from .breakdown import user_splits
 from .context import Context, parse_event_sel
 from .kernels import retention_pass
 from .result import Result, lazy_frame, ratio
@@ -115,14 +115,15 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     data: dict[str, Any] = {"period": p["period"], "columns": ["0", *p["names"]],
                             "cohorts": cohorts, "users": total,
                             "average_rates": [1.0 if total else 0.0, *average]}
-    splits = Splits()
-    if spec.get("breakdown") is not None:
+
+    def start_rows() -> npt.NDArray[np.bool_]:
         # Only users with a start event in the range can be in a cohort; an event
         # property is read on the first (or last) of those start events.
-        start_rows = ctx.mask(p["start"]) & ctx.range_mask()
-        splits = user_splits(ctx.cache, spec["breakdown"], ctx.resolver, ctx.common.project,
-                             "retention", rows=lambda: start_rows,
-                             among=np.unique(ctx.cache.uidx[start_rows]).astype(np.int64))
+        return ctx.mask(p["start"]) & ctx.range_mask()
+
+    splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
+                         "retention", rows=start_rows,
+                         among=lambda: np.unique(ctx.cache.uidx[start_rows()]).astype(np.int64))
 
     def part(mask: npt.NDArray[np.bool_], suffix: str) -> dict[str, Any]:
         _, bc, bs, _ = _pass(ctx, p, include=mask)

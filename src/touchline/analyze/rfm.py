@@ -227,7 +227,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
         return ctx.mask(rs.event) & (t >= ctx.common.start_ms) & (t < as_of_ms)
 
     splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
-                         "rfm", rows=deciding, among=users)
+                         "rfm", rows=deciding, among=lambda: users)
     if splits:
         data["breakdown"] = splits.parts(body)
 

@@ -227,7 +227,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
 
     data = {"as_of": as_of.isoformat(), **body(None, "")}
     splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
-                         "lifecycle_stages", rows=lambda: _history(ctx, as_of_ms), among=staged)
+                         "lifecycle_stages", rows=lambda: _history(ctx, as_of_ms), among=lambda: staged)
     if splits:
         data["breakdown"] = splits.parts(body)
 

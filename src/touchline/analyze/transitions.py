@@ -83,7 +83,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     data = {"model": kind, "dates": [d1.isoformat(), d2.isoformat()], "layers": labels,
             **body(None, "")}
     splits = user_splits(ctx.cache, spec.get("breakdown"), ctx.resolver, ctx.common.project,
-                         "transitions", rows=deciding, among=np.flatnonzero(either))
+                         "transitions", rows=deciding, among=lambda: np.flatnonzero(either))
     if splits:
         data["breakdown"] = splits.parts(body)
     frame = lazy_frame(np.array(data["matrix"]), index=pd.Index(labels, name="from"),

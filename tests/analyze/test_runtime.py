@@ -141,3 +141,45 @@ def test_cli_prints_json(data_dir: Path, tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["analyze", "retention", "--data", str(data_dir), "--spec", "-"],
                         input=json.dumps({"from": "x"}), env=env)
     assert bad.exit_code != 0 and "from" in bad.output
+
+
+RANGE = {"from": "2026-10-01", "to": "2026-10-03", "time_zone": "UTC"}
+KIND_SPECS: dict[str, dict[str, Any]] = {
+    "events": {"events": [{"event": "view_menu", "measure": "users"}], "interval": "total"},
+    "funnel": {"steps": ["view_menu", "pay"]},
+    "retention": {"start": "view_menu", "return": "pay", "periods": 1},
+    "paths": {"start": "view_menu", "steps": 2},
+    "lifecycle": {"period": "day"},
+    "distribution": {"event": "view_menu"},
+    "interval": {"start": "view_menu", "end": "pay"},
+    "rfm": {"event": "pay", "monetary": "amount"},
+    "lifecycle_stages": {},
+    "transitions": {"dates": ["2026-10-02", "2026-10-03"],
+                    "model": {"kind": "lifecycle_stages"}},
+}
+
+
+def test_every_kind_saves_a_breakdown_number_as_a_segment(runtime: Runtime) -> None:
+    """Through the REST routes: each kind splits by an event property, and a number of
+    one of its parts opens as a page of users and saves as a static segment."""
+    from touchline.analyze.kinds import KINDS
+
+    from .cells import numbers
+
+    assert set(KIND_SPECS) == set(KINDS)
+    client = TestClient(create_app(runtime, start_workers=False))
+    for kind, body in KIND_SPECS.items():
+        spec = {**RANGE, **body, "breakdown": {"property": "channel"}}
+        out = client.post(f"/api/v1/analyze/{kind}", headers=AUTH, json=spec)
+        assert out.status_code == 200, (kind, out.text)
+        cell, count = next((n.cell, n.count) for n in numbers(out.json())
+                           if "/" in n.cell and n.count > 0 and (n.exact or kind == "events"))
+        page = client.post(f"/api/v1/analyze/{kind}/users", headers=AUTH,
+                           json={"spec": spec, "cell": cell, "properties": ["group"]})
+        assert page.status_code == 200 and page.json()["total"] == count, (kind, page.text)
+        saved = client.post(f"/api/v1/analyze/{kind}/segment", headers=AUTH,
+                            json={"spec": spec, "cell": cell, "name": f"from_{kind}"})
+        assert saved.status_code == 200, (kind, saved.text)
+        with runtime.state.transaction() as tx:
+            members = member_ids(tx, "default", f"from_{kind}")
+        assert sorted(members) == sorted(u["user_id"] for u in page.json()["users"]), kind

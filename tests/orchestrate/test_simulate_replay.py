@@ -107,3 +107,34 @@ def test_events_from_arrow() -> None:
     out = events_from_arrow(table)
     assert [(e.user_id, e.event, e.time_ms, e.properties) for e in out] == [
         (1, "pay", T0, {"order_id": "o1"}), (3, "cancel_order", T0 + 2, {})]
+
+
+VIP_SPLIT = """
+id: vip_split
+entry: {type: event, event: cancel_order}
+start: who
+nodes:
+  who:
+    type: condition
+    branches:
+      - {name: vip, when: {in_segment: vips}, next: vip_note}
+    default: plain_note
+  vip_note: {type: message, channel: app, category: transactional, body: "VIP", next: done}
+  plain_note: {type: message, channel: app, category: transactional, body: "Hi", next: done}
+  done: {type: exit}
+"""
+
+
+def test_segment_conditions_see_todays_memberships() -> None:
+    from touchline.orchestrate.simulate import referenced_segments
+
+    j = parse_journey(VIP_SPLIT)
+    assert referenced_segments(j) == {"vips"}
+    events = [JourneyEvent("default", u, "cancel_order", T0 + u * MIN, {}, f"c{u}")
+              for u in range(6)]
+    report = simulate(j, events, start_ms=T0, end_ms=T0 + 86_400_000,
+                      memberships={"vips": [1, 4]})
+    assert report.messages == {"vip_note": 2, "plain_note": 4}
+    # Without memberships nobody is in the segment (and nothing fails).
+    report = simulate(j, events, start_ms=T0, end_ms=T0 + 86_400_000)
+    assert report.messages == {"plain_note": 6}

@@ -10,7 +10,7 @@ they are now: the event store keeps events, not past profile versions).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,14 +82,19 @@ def simulate(
     end_ms: int,
     profiles: Callable[[str, Sequence[int]], dict[int, dict[str, Any]]] | None = None,
     segment_members: Sequence[int] = (),
+    memberships: Mapping[str, Sequence[int]] | None = None,
     chunk: int = 5000,
 ) -> SimulationReport:
     """Replay ``events`` (any order) through ``journey`` from ``start_ms`` to ``end_ms``.
 
     For a segment-entry journey, ``segment_members`` enter at ``start_ms`` (besides any
-    ``$segment_enter`` pseudo-events in ``events``).
+    ``$segment_enter`` pseudo-events in ``events``). ``memberships`` (segment name ->
+    users) is what conditions and content rules on segments see: the memberships of
+    today, held fixed through the replay (changes of membership during the replayed
+    period are not replayed).
     """
     from ..store.state import open_state_store
+    from . import segments
 
     ordered = sorted((e for e in events if start_ms <= e.time_ms < end_ms),
                      key=lambda e: e.time_ms)
@@ -99,6 +104,13 @@ def simulate(
         store = open_state_store("", Path(tmp), clock=clock)
         try:
             store.ensure_schema(storage.SCHEMA_NAME, storage.STATE_SCHEMA)
+            store.ensure_schema(segments.SCHEMA_NAME, segments.STATE_SCHEMA)
+            with store.transaction() as tx:
+                tx.executemany(
+                    "INSERT INTO segment_members (project, segment, user_id, since_ms) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(journey.project, name, int(u), start_ms)
+                     for name, users in (memberships or {}).items() for u in set(users)])
             source: ProfileSource | None = None
             if profiles is not None:
                 fetch = profiles
@@ -166,9 +178,11 @@ def simulate_runtime(runtime: Any, journey: Journey, *, start_ms: int,
                                                   "properties"],
                                 start_ms=start_ms, end_ms=end_ms, events=real)
     members: list[int] = []
+    with runtime.state.transaction() as tx:
+        memberships = {name: sorted(member_ids(tx, journey.project, name))
+                       for name in referenced_segments(journey)}
     if isinstance(journey.entry, SegmentEntry):
-        with runtime.state.transaction() as tx:
-            members = sorted(member_ids(tx, journey.project, journey.entry.segment))
+        members = memberships.get(journey.entry.segment, [])
 
     def profiles(project: str, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         from .hooks import state_profiles
@@ -177,4 +191,29 @@ def simulate_runtime(runtime: Any, journey: Journey, *, start_ms: int,
             return state_profiles(tx, project, ids)
 
     return simulate(journey, events_from_arrow(table, journey.project), start_ms=start_ms,
-                    end_ms=end_ms, profiles=profiles, segment_members=members)
+                    end_ms=end_ms, profiles=profiles, segment_members=members,
+                    memberships=memberships)
+
+
+# Keys under which a journey definition names a segment (conditions, content rules,
+# entries, exits, waits).
+_SEGMENT_KEYS = frozenset({"segment", "in_segment", "not_in_segment"})
+
+
+def referenced_segments(journey: Journey) -> set[str]:
+    """Every segment name a journey definition mentions, wherever it is."""
+    found: set[str] = set()
+    stack: list[Any] = [journey.model_dump()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _SEGMENT_KEYS and isinstance(value, str):
+                    found.add(value)
+                elif key in _SEGMENT_KEYS and isinstance(value, list):
+                    found.update(v for v in value if isinstance(v, str))
+                else:
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found

@@ -54,8 +54,13 @@ SPECS: dict[str, dict[str, Any]] = {
     "events": {"interval": "day", "events": [{"event": "pay", "measure": "users"},
                                              {"event": "view", "measure": "users"}]},
     "funnel": {"steps": ["view", "add", "pay"], "window": "3d", "trend": "day"},
+    "funnel_strict": {"steps": ["view", "pay"], "window": "1d", "mode": "strict"},
+    "funnel_any": {"steps": ["pay", "view"], "window": "2d", "mode": "any", "trend": "day"},
+    "funnel_held": {"steps": ["view", "pay"], "window": "2d", "hold": "channel", "trend": "day",
+                    "exclusions": [{"event": "share", "between": [1, 2]}]},
     "retention": {"start": "view", "return": "pay", "periods": 5},
     "paths": {"start": "view", "steps": 4, "top": 1000},
+    "paths_end": {"end": "pay", "steps": 3, "top": 1000, "session_gap": "2h"},
     "lifecycle": {"period": "day"},
     "distribution": {"event": "pay", "buckets": [1, 2, 3]},
     "interval": {"start": "view", "end": "pay"},
@@ -70,7 +75,7 @@ CASES = sorted(SPECS)
 
 
 def kind_of(case: str) -> str:
-    return case.removesuffix("_rfm")
+    return case if case in KINDS else case.rsplit("_", 1)[0]
 
 
 def in_range(e: ref.Event) -> bool:
@@ -82,6 +87,7 @@ def in_range(e: ref.Event) -> bool:
 STARTS: dict[str, ref.Match] = {
     "retention": lambda e: e[2] == "view" and in_range(e),
     "paths": lambda e: e[2] == "view" and in_range(e),
+    "paths_end": lambda e: e[2] == "pay" and in_range(e),
     "lifecycle": in_range,
     "distribution": lambda e: e[2] == "pay" and in_range(e),
     "interval": lambda e: e[2] == "view" and in_range(e),
@@ -335,12 +341,11 @@ def test_every_number_opens_as_its_users(case: str, by: str | None) -> None:
     spec = {**RANGE, **SPECS.get(case, {"event": "pay", "monetary": "amount"})}
     if by is not None:
         spec["breakdown"] = BREAKDOWNS[by]
-    kind = kind_of(case.removesuffix("_quantiles"))
+    kind = kind_of(case)
     rows, profiles = dataset(6)
     an = analyzer(rows, profiles)
     # Every series of the events case measures users, so its values count users too.
-    seen = _check_cells(an, kind if case == "rfm_quantiles" else case, spec,
-                        kind == "events")
+    seen = _check_cells(an, case, spec, kind == "events")
     assert seen >= 3
     out = an.run(kind, spec).to_json()
     missing = list(user_counts_without_cells(out))

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from ..errors import InvalidInput
 from .breakdown import Breakdown, parse_breakdown
 from .context import Context, EventSel, parse_event_sel
+from .filters import row_mask
 from .funnel_kernel import NONE, funnel_any, funnel_fast, funnel_ordered
 from .result import Result, i64, lazy_frame, ratio
 from .spec import PERIODS, opt_str, parse_duration, req_list
@@ -129,16 +130,28 @@ def _groups(ctx: Context, fs: FunnelSpec, lut: I64, extra: I64, use_extra: bool,
     """Group boundaries (and a row order) for the pass: users, or (user, held value)."""
     cache = ctx.cache
     if fs.hold is None:
-        return cache.ustart, np.zeros(1, np.int64), False, np.arange(cache.n_users)
+        seen = row_mask(cache, ctx.global_where) if fs.mode == "strict" else None
+        if seen is None:
+            return cache.ustart, np.zeros(1, np.int64), False, np.arange(cache.n_users)
+        # A strict funnel breaks on any other event the analysis reads; the spec's
+        # where decides which those are, so the events it drops are not there at all.
+        rows = np.flatnonzero(seen)
+        return _user_groups(cache.uidx[rows].astype(np.int64), rows)
     col = cache.prop(fs.hold)
     bits = lut[cache.codes] | (extra if use_extra else 0)
     rows = np.flatnonzero((bits != 0) & (col.codes >= 0))
     order = rows[np.lexsort((cache.keys[rows], cache.times[rows], col.codes[rows],
                              cache.uidx[rows]))]
-    u = cache.uidx[order].astype(np.int64)
-    v = col.codes[order].astype(np.int64)
-    change = np.flatnonzero((np.diff(u) != 0) | (np.diff(v) != 0)) + 1
-    gstart = np.concatenate([[0], change, [len(order)]]).astype(np.int64)
+    return _user_groups(cache.uidx[order].astype(np.int64), order,
+                        col.codes[order].astype(np.int64))
+
+
+def _user_groups(u: I64, order: I64, v: I64 | None = None) -> tuple[I64, I64, bool, I64]:
+    """Groups over rows in ``order``: a new group where the user (or held value) changes."""
+    step = np.diff(u) != 0
+    if v is not None:
+        step |= np.diff(v) != 0
+    gstart = np.concatenate([[0], np.flatnonzero(step) + 1, [len(order)]]).astype(np.int64)
     guser = u[gstart[:-1]] if len(order) else np.empty(0, np.int64)
     return gstart, order.astype(np.int64), True, guser
 

@@ -369,3 +369,18 @@ def test_unknown_breakdown_values_do_not_open() -> None:
         with pytest.raises(Exception) as err:
             res.users(f"{base}/no-such-group")
         assert type(err.value).__name__ == "NotFound", case
+
+
+@pytest.mark.parametrize("rows", [[], [(1, "other", 5, {})]], ids=["empty", "unrelated"])
+def test_every_case_answers_with_nothing_to_count(rows: list[Any]) -> None:
+    """No events, or one only the kinds reading any event count: answers, not errors (a
+    held funnel over an empty project used to fail with one empty group and no user)."""
+    an = analyzer(rows, {})
+    for case in CASES:
+        for bd in (None, *BREAKDOWNS.values()):
+            res = an.run(kind_of(case), {**RANGE, **SPECS[case],
+                                         **({"breakdown": bd} if bd else {})})
+            for n in numbers(res.to_json()):
+                assert len(res.users(n.cell)) == n.count, (case, bd, n)
+                assert n.count == 0 or (rows and case in (
+                    "lifecycle", "lifecycle_stages", "transitions")), (case, bd, n)

@@ -151,9 +151,10 @@ def _user_groups(u: I64, order: I64, v: I64 | None = None) -> tuple[I64, I64, bo
     step = np.diff(u) != 0
     if v is not None:
         step |= np.diff(v) != 0
+    if not len(order):  # no rows, no groups (not one empty group without a user)
+        return np.zeros(1, np.int64), order.astype(np.int64), True, np.empty(0, np.int64)
     gstart = np.concatenate([[0], np.flatnonzero(step) + 1, [len(order)]]).astype(np.int64)
-    guser = u[gstart[:-1]] if len(order) else np.empty(0, np.int64)
-    return gstart, order.astype(np.int64), True, guser
+    return gstart, order.astype(np.int64), True, u[gstart[:-1]]
 
 
 def compute(ctx: Context, fs: FunnelSpec) -> FunnelRun:

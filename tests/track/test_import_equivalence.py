@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from touchline.errors import InvalidInput
@@ -137,3 +137,81 @@ def test_bulk_checks_agree_with_the_collector(
         assert row["distinct_id"] == expected.distinct_id
         assert row["time"] == expected.time_ms
         assert orjson.loads(row["properties"]) == expected.properties
+
+
+def formatted(record: dict[str, Any], style: int) -> bytes:
+    """A record as different clients write it: compact, sorted, spaced, escaped."""
+    if style == 0:
+        return orjson.dumps(record)
+    if style == 1:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    import json
+
+    return json.dumps(record, ensure_ascii=style == 2).encode()
+
+
+fast_values = st.one_of(
+    values, st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.5, 0.05, 0.001, 10.0, 12.0, 1e16, 1e-7, -0.0, 123.25, 2**63, -2**63]),
+    st.text(alphabet="aé\u2028\x7f\"\\/ \x01", max_size=4),
+)
+
+
+@st.composite
+def fast_records(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
+    record = draw(sensors_records())
+    if draw(st.booleans()) and isinstance(record.get("properties"), dict):
+        record["properties"].update(draw(st.dictionaries(names, fast_values, max_size=3)))
+    if draw(st.integers(0, 4)) == 0:
+        record[draw(st.sampled_from(["_track_id", "extra", "Type"]))] = draw(fast_values)
+    line = formatted(record, draw(st.integers(0, 3)))
+    if draw(st.integers(0, 9)) == 0:  # explicit nulls and duplicate keys vanish in a parse
+        line = line[:-1] + draw(st.sampled_from([b',"n":null}', b',"time":1}', b' }']))
+    return line, record
+
+
+# Shrinking a failure would rerun DuckDB thousands of times: report it unshrunk.
+@settings(max_examples=300, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(fast_records(), min_size=1, max_size=8))
+def test_fast_path_agrees_with_the_collector(
+    con: duckdb.DuckDBPyConnection, items: list[tuple[bytes, dict[str, Any]]]
+) -> None:
+    """What the DuckDB fast path accepts, the collector accepts and stores alike, with
+    the same event id; everything else is left to the Python pass."""
+    from touchline.track.bulk_json import SensorsSchema, fast_sensors, split_lines
+
+    lines = [line for line, _ in items]
+    split = split_lines(b"\n".join(lines), 1)
+    result = fast_sensors(con, split, SensorsSchema(), project="default", now_ms=NOW, time_window=True,
+                          extra_junk=CTX.extra_junk)
+    accepted = {row["line"]: row for row in result.rows.to_pylist()}
+    assert set(accepted) | {i + 1 for i in result.left} == set(range(1, len(lines) + 1))
+    assert not set(accepted) & {i + 1 for i in result.left}
+    for number, row in accepted.items():
+        parsed = orjson.loads(lines[number - 1])
+        expected = collector(parsed)
+        assert not isinstance(expected, InvalidInput), (lines[number - 1], expected)
+        assert expected.kind == "track" and not expected.link
+        assert list(expected.identities.items()) == [(row["id_type"], row["id_value"])]
+        assert row["event_id"] == expected.event_id, lines[number - 1]
+        assert (row["event"], row["distinct_id"], row["time"]) == (
+            expected.event, expected.distinct_id, expected.time_ms)
+        assert orjson.loads(row["properties"]) == expected.properties
+
+
+def test_fast_path_takes_the_common_shape(con: duckdb.DuckDBPyConnection) -> None:
+    """The fast path is not vacuous: plain SDK lines go through it."""
+    from touchline.track.bulk_json import SensorsSchema, fast_sensors, split_lines
+
+    lines = [orjson.dumps({
+        "type": "track", "event": "view_item", "time": NOW - i, "distinct_id": f"d{i}",
+        "_flush_time": NOW, "lib": {"$lib": "js", "$lib_version": "1.2"},
+        "properties": {"price": 12.5, "n": i, "tags": ["a"], "$is_login_id": i % 2 == 0}})
+        for i in range(100)]
+    result = fast_sensors(con, split_lines(b"\n".join(lines), 1), SensorsSchema(),
+                          project="default", now_ms=NOW, time_window=True,
+                          extra_junk=frozenset())
+    assert result.rows.num_rows == 100 and result.left == []
+    first = collector(orjson.loads(lines[0]))
+    assert result.rows.column("event_id")[0].as_py() == first.event_id

@@ -22,7 +22,7 @@ The split of work:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +42,13 @@ __all__ = [
     "ImportIssue",
     "SensorsColumns",
     "StagedChunk",
+    "check_sensors_lines_wire",
     "check_sensors_wire",
     "read_tabular",
     "sensors_columns",
+    "sensors_columns_at",
     "stage_sensors",
+    "stage_sensors_at",
     "validate_columns",
 ]
 
@@ -134,6 +137,19 @@ def check_sensors_wire(
                             extra_junk=extra_junk).to_wire()
 
 
+def check_sensors_lines_wire(
+    numbers: list[int], lines: list[bytes], project: str, *, now_ms: int, time_window: bool,
+    extra_junk: frozenset[str],
+) -> Wire:
+    """:func:`check_sensors_wire` for numbered lines (what the fast path left over)."""
+    global _worker_con
+    if _worker_con is None:
+        _worker_con = duckdb.connect()
+    staged = stage_sensors_at(zip(numbers, lines, strict=True), project)
+    return validate_columns(_worker_con, staged, now_ms=now_ms, time_window=time_window,
+                            extra_junk=extra_junk).to_wire()
+
+
 @dataclass
 class BulkChunk:
     """A validated chunk: bulk rows, and the lines the Python decoder must judge."""
@@ -162,10 +178,21 @@ _STR, _LIST, _DICT, _INT = str, list, dict, int
 
 
 def sensors_columns(lines: Sequence[bytes], first_line: int, project: str) -> SensorsColumns:
-    """The per-line Python pass (see the module docstring).
+    """The per-line Python pass (see the module docstring) over consecutive lines."""
+    return sensors_columns_at(enumerate(lines, first_line), project)
 
-    This loop is the import's hot path: it is written flat, with local names, and
-    does only what needs the parsed record.
+
+def stage_sensors_at(numbered: Iterable[tuple[int, bytes]], project: str) -> StagedChunk:
+    """:func:`stage_sensors` for lines given with their numbers (not consecutive)."""
+    return StagedChunk.from_columns(sensors_columns_at(numbered, project))
+
+
+def sensors_columns_at(numbered: Iterable[tuple[int, bytes]], project: str) -> SensorsColumns:
+    """The per-line Python pass over (line number, line) pairs.
+
+    This loop is the hot path of lines the fast path (:mod:`touchline.track.bulk_json`)
+    leaves over: it is written flat, with local names, and does only what needs the
+    parsed record.
     """
     out = SensorsColumns()
     c = out.columns
@@ -179,7 +206,7 @@ def sensors_columns(lines: Sequence[bytes], first_line: int, project: str) -> Se
     digest = xxhash.xxh3_128_hexdigest
     control, lib_keys, sep, max_string = _CONTROL, _LIB, _KEY_SEP, _MAX_STRING
     accepted_projects = (None, "", project)
-    for number, line in enumerate(lines, first_line):
+    for number, line in numbered:
         if not line or line.isspace():
             out.blank += 1
             continue

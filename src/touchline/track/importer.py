@@ -47,16 +47,17 @@ from ..clock import Clock, SystemClock
 from ..errors import InvalidInput
 from ..store.batch import EVENT_SCHEMA, IngestBatch, StateOutcome
 from ..store.events.base import EventStore
+from .bulk_json import SensorsSchema, fast_sensors, split_lines
+from .bulk_keys import KeySet, event_keys
 from .bulk_validate import (
     BULK_SCHEMA,
     BulkChunk,
     ImportIssue,
-    check_sensors_wire,
+    check_sensors_lines_wire,
     read_tabular,
-    stage_sensors,
+    stage_sensors_at,
     validate_columns,
 )
-from .dedupe import DuplicateFilter, event_key
 from .records import Record
 from .sink import Project, StaticProjects
 
@@ -68,7 +69,9 @@ SOURCES: dict[str, str] = {"sensors": "sensors", "segment": "segment", "csv": "i
                            "parquet": "import"}
 
 MAX_ISSUES = 1000  # issues kept in the report; all of them are counted
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 16 * 1024 * 1024
+# Lines of a chunk left by the fast path worth a worker process's start and transfer.
+POOL_MIN_LINES = 5_000
 DEDUPE_HORIZON_MS = 48 * 3600 * 1000
 MAX_PENDING_EVENTS = 20_000_000  # events whose profile counts wait for one write
 APPEND_ROWS = 200_000
@@ -139,11 +142,14 @@ def import_files(
     time_window: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
     workers: int | None = None,
+    fast: bool = True,
 ) -> ImportReport:
     """Import files of one format into ``project``; see the module docstring.
 
-    ``workers``: processes for the Sensors Python pass on large files (default: the
-    CPU count, at most 4; 1 keeps everything in this process).
+    ``workers``: processes for the Sensors Python pass when many lines of a chunk
+    need it (default: the CPU count, at most 4; 1 keeps everything in this process).
+    ``fast``: try the DuckDB fast path for Sensors lines first (off: every line takes
+    the Python pass; the results are the same, tests compare them).
     """
     from .stitch import StitchPolicy
 
@@ -166,7 +172,8 @@ def import_files(
             report.files.append(str(path))
             if fmt == "sensors":
                 _import_sensors(path, loader, report, con, progress, time_window, chunk_bytes,
-                                workers if workers is not None else min(4, os.cpu_count() or 1))
+                                workers if workers is not None else min(4, os.cpu_count() or 1),
+                                fast)
             elif fmt == "segment":
                 _import_segment(path, loader, report, progress, chunk_bytes)
             else:
@@ -244,11 +251,12 @@ def _report_progress(
 def _import_sensors(
     path: Path, loader: _Loader, report: ImportReport, con: duckdb.DuckDBPyConnection,
     progress: Callable[[ImportProgress], None] | None, time_window: bool, chunk_bytes: int,
-    workers: int,
+    workers: int, fast: bool,
 ) -> None:
-    """For files of more than two chunks, worker processes parse and check chunks
-    (the Python pass holds the GIL) while this process stitches and loads the ones
-    they finished, in file order."""
+    """Each chunk of lines goes through the fast path (DuckDB, :mod:`.bulk_json`);
+    the lines it leaves go through the per-line Python pass, in worker processes
+    when there are many of them (the pass holds the GIL), while this process
+    stitches and loads the chunks before, in file order."""
     from .sensors import _Context, sensors_record
 
     ctx = _Context(
@@ -256,6 +264,8 @@ def _import_sensors(
         request_project=loader.project, now_ms=loader.now_ms, time_window=time_window,
         extra_junk=loader.policy.extra_junk_ids,
     )
+    checks: dict[str, Any] = {"now_ms": loader.now_ms, "time_window": time_window,
+                              "extra_junk": loader.policy.extra_junk_ids}
 
     def finish(chunk: BulkChunk, block: _Block) -> None:
         report.lines += block.count
@@ -281,37 +291,52 @@ def _import_sensors(
         loader.load(chunk.rows, records, record_lines, str(path), report)
         _report_progress(progress, path, block.done, report)
 
-    blocks = _blocks(path, chunk_bytes)
-    if workers <= 1 or path.stat().st_size <= 2 * chunk_bytes:
-        for block in blocks:
-            with report.timed("parse_python"):
-                staged = stage_sensors(block.data, block.first, loader.project)
-            with report.timed("validate_sql"):
-                chunk = validate_columns(con, staged, now_ms=loader.now_ms,
-                                         time_window=time_window,
-                                         extra_junk=loader.policy.extra_junk_ids)
-            finish(chunk, block)
-        return
-    # spawn, not fork: this process runs DuckDB and SQLite threads.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        window: deque[tuple[Future[Any], _Block]] = deque()
+    pool: ProcessPoolExecutor | None = None
+    # Chunks in file order: the fast path's rows, then the rest of the chunk (done,
+    # or a future of a worker process).
+    window: deque[tuple[pa.Table, BulkChunk | Future[Any], _Block]] = deque()
 
-        def next_done() -> None:
-            future, block = window.popleft()
+    def next_done() -> None:
+        rows, rest, block = window.popleft()
+        if not isinstance(rest, BulkChunk):
             with report.timed("parse_wait"):
-                chunk = BulkChunk.from_wire(future.result())
-            finish(chunk, block)
+                rest = BulkChunk.from_wire(rest.result())
+        rest.rows = pa.concat_tables([rows, rest.rows]) if rest.rows.num_rows else rows
+        finish(rest, block)
 
-        for block in blocks:
-            window.append((pool.submit(
-                check_sensors_wire, block.data, block.first, loader.project,
-                now_ms=loader.now_ms, time_window=time_window,
-                extra_junk=loader.policy.extra_junk_ids), block))
+    try:
+        for block in _blocks(path, chunk_bytes):
+            with report.timed("fast"):
+                split = split_lines(block.data, block.first)
+                if fast:
+                    result = fast_sensors(con, split, loader.schema, project=loader.project,
+                                          **checks)
+                    rows, left = result.rows, result.left
+                else:
+                    rows, left = BULK_SCHEMA.empty_table(), list(range(split.count))
+            numbers = [block.first + i for i in left]
+            lines = [split.line(i) for i in left]
+            rest: BulkChunk | Future[Any]
+            if workers > 1 and len(left) >= POOL_MIN_LINES:
+                if pool is None:
+                    # spawn, not fork: this process runs DuckDB and SQLite threads.
+                    pool = ProcessPoolExecutor(
+                        max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+                rest = pool.submit(check_sensors_lines_wire, numbers, lines, loader.project,
+                                   **checks)
+            else:
+                with report.timed("parse_python"):
+                    staged = stage_sensors_at(zip(numbers, lines, strict=True), loader.project)
+                with report.timed("validate_sql"):
+                    rest = validate_columns(con, staged, **checks)
+            window.append((rows, rest, block))
             if len(window) > workers:  # bounded: at most workers + 1 chunks in memory
                 next_done()
         while window:
             next_done()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 # -- Segment ----------------------------------------------------------------------------
@@ -385,7 +410,8 @@ class _Loader:
         self.policy = policy
         self.now_ms = now_ms
         self.source = source
-        self.dedupe = DuplicateFilter(DEDUPE_HORIZON_MS)
+        self.dedupe = KeySet()
+        self.schema = SensorsSchema()  # the Sensors fast path's keys, grown per file
         # id type -> identity value -> the profile it resolved to in this import. A
         # profile merged later stays right: events keep their profile id and the
         # user map re-attributes them. An unbind clears it (the identity moves).
@@ -398,14 +424,11 @@ class _Loader:
         self.pending_append = IngestBatch(events=EVENT_SCHEMA.empty_table(), offset=0)
         recent = event_store.recent_event_ids(now_ms - DEDUPE_HORIZON_MS)
         if recent.num_rows:
-            self.dedupe.add_known(
-                (event_key(p, i) for p, i in zip(recent.column("project").to_pylist(),
-                                                 recent.column("event_id").to_pylist(),
-                                                 strict=True)), now_ms)
+            mine = recent.filter(pc.equal(recent.column("project"), project))
+            self.dedupe.add(event_keys(mine.column("event_id").combine_chunks()))
 
-    def _fresh(self, event_ids: Sequence[str]) -> list[bool]:
-        keys = [event_key(self.project, e) for e in event_ids]
-        return self.dedupe.filter(keys, [self.now_ms] * len(keys))
+    def _fresh(self, event_ids: pa.Array) -> np.ndarray:
+        return self.dedupe.fresh(event_keys(event_ids))
 
     def load(
         self, rows: pa.Table, records: list[Record], record_lines: list[int], path: str,
@@ -413,12 +436,13 @@ class _Loader:
     ) -> None:
         from .stitch import apply_records, ensure_profiles
 
-        fresh = self._fresh(rows.column("event_id").to_pylist()) if rows.num_rows else []
-        if rows.num_rows and not all(fresh):
-            report.duplicates += fresh.count(False)
-            rows = rows.filter(pa.array(fresh, pa.bool_()))
+        if rows.num_rows:
+            fresh = self._fresh(rows.column("event_id").combine_chunks())
+            if not fresh.all():
+                report.duplicates += int((~fresh).sum())
+                rows = rows.filter(pa.array(fresh, pa.bool_()))
         if records:
-            keep = self._fresh([r.event_id for r in records])
+            keep = self._fresh(pa.array([r.event_id for r in records], pa.string())).tolist()
             report.duplicates += keep.count(False)
             record_lines = [n for n, k in zip(record_lines, keep, strict=True) if k]
             records = [r for r, k in zip(records, keep, strict=True) if k]
@@ -515,7 +539,7 @@ class _Loader:
     def _bulk_events(self, rows: pa.Table, profile_ids: np.ndarray) -> pa.Table:
         n = rows.num_rows
         return pa.table({
-            "project": pa.array([self.project] * n, pa.string()),
+            "project": pa.repeat(pa.scalar(self.project, pa.string()), n),
             "event_id": rows.column("event_id"),
             "event": rows.column("event"),
             "profile_id": pa.array(profile_ids, pa.int64()),
@@ -523,7 +547,7 @@ class _Loader:
             "time": rows.column("time").cast(pa.timestamp("ms")),
             "received_at": pa.array(np.full(n, self.now_ms, dtype=np.int64)).cast(
                 pa.timestamp("ms")),
-            "source": pa.array([self.source] * n, pa.string()),
+            "source": pa.repeat(pa.scalar(self.source, pa.string()), n),
             "properties": rows.column("properties"),
         }, schema=EVENT_SCHEMA)
 

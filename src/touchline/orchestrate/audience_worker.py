@@ -59,7 +59,11 @@ class BoundaryWorker:
 
     def step(self) -> float:
         """Flip what is due; return how long to wait before the next step (seconds)."""
-        due = self.engine.next_due_ms()
+        # The engine wakes this worker after every real-time batch. Its look at the
+        # due index joins this read-only transaction, so that frequent look never
+        # takes the state store's write lock from ingest, journeys and delivery.
+        with self.engine.state.transaction(read_only=True):
+            due = self.engine.next_due_ms()
         now = self.clock.now_ms()
         if due is not None and due <= now:
             self.flips += len(self.engine.run_due(self.batch))

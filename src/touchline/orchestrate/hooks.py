@@ -143,7 +143,8 @@ def on_events(runtime: Runtime, events: Any) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    engine = journeys_for(runtime).engine
+    jr = journeys_for(runtime)
+    engine = jr.engine
     # Most events concern no journey: drop them before their properties are parsed.
     names = engine.watched_event_names()
     if not names:
@@ -151,13 +152,15 @@ def on_events(runtime: Runtime, events: Any) -> None:
     relevant = events.filter(pc.is_in(events.column("event"), value_set=pa.array(sorted(names))))
     batch = events_from_arrow(relevant)
     if batch:
-        engine.handle_events(batch)
+        if engine.handle_events(batch):
+            # The step committed: its messages are due now, not at the next poll.
+            jr.outbox.wake()
 
 
 @hookimpl
 def workers(runtime: Runtime) -> list[Any]:
     jr = journeys_for(runtime)
-    return [JourneyWorker(jr.engine), DeliveryWorker(jr.outbox)]
+    return [JourneyWorker(jr.engine, on_progress=jr.outbox.wake), DeliveryWorker(jr.outbox)]
 
 
 @hookimpl

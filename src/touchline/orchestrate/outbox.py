@@ -188,6 +188,9 @@ class Outbox:
         self._claim_lock: str = store.dialect.skip_locked
         self.claimed = 0
         self._sem: asyncio.Semaphore | None = None  # made inside the sending loop
+        # The running sending loop and its wake-up event (see wake()).
+        self._waker: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._woken = False
 
     # -- 1. claim ------------------------------------------------------------------
 
@@ -394,38 +397,84 @@ class Outbox:
                  for r, *_, log in results for a in log
                  if a.event != "queued"])
 
+    def wake(self) -> None:
+        """Claim now rather than at the next poll: rows were just committed.
+
+        Safe from any thread. The engine's callers call it after a step that may
+        have written messages, so a new message does not wait out ``poll_s``.
+        """
+        self._woken = True
+        waker = self._waker
+        if waker is not None and not waker[1].is_set():
+            try:
+                waker[0].call_soon_threadsafe(waker[1].set)
+            except RuntimeError:  # the sending loop has just closed
+                pass
+
     async def run(self, stopping: Callable[[], bool], *, poll_s: float = 0.05,
                   max_inflight: int = 64, flush_s: float = 0.1) -> None:
         """Stream until ``stopping()``: claim while there is room, record as sends end.
 
-        Unlike :meth:`run_once`, a slow or retrying message never holds up the
-        others: claims continue while it waits, and finished sends are recorded in
-        small groups every ``flush_s``.
+        Rows are claimed as soon as :meth:`wake` says some were committed, and at
+        the latest every ``poll_s`` (rows written by another process, deferred rows
+        coming due). Unlike :meth:`run_once`, a slow or retrying message never holds
+        up the others: claims continue while it waits, and finished sends are
+        recorded in groups, at the latest every ``flush_s``.
         """
+        ready = asyncio.Event()  # set by wake() and by every finished send
+        self._waker = (asyncio.get_running_loop(), ready)
         inflight: set[asyncio.Task[Result]] = set()
         done: list[Result] = []
+
+        def finished(task: asyncio.Task[Result]) -> None:
+            inflight.discard(task)
+            done.append(task.result())
+            ready.set()
+
         flushed = time.monotonic()
-        while not stopping() or inflight:
-            room = max_inflight - len(inflight)
-            claimed = 0
-            # Claim in chunks, not one row at a time: each claim is a write transaction.
-            if (room >= max_inflight // 2 or not inflight) and not stopping():
-                batch = await asyncio.to_thread(self.claim, room)
-                claimed = self.claimed
-                for r, m in batch:
-                    inflight.add(asyncio.create_task(self.send_one(r, m)))
-            if inflight:
-                finished, inflight = await asyncio.wait(
-                    inflight, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
-                done += [t.result() for t in finished]
-            elif not claimed:
-                await asyncio.sleep(poll_s)
-            # Each record is a write transaction too: group finished sends.
-            if done and (not inflight or len(done) >= max_inflight // 2
-                         or time.monotonic() - flushed >= flush_s):
-                await asyncio.to_thread(self.record, done)
-                done = []
-                flushed = time.monotonic()
+        next_claim = 0.0  # claim at once on start
+        try:
+            while not stopping() or inflight:
+                # Every condition is read again below, so a set that lands between
+                # here and the wait only makes the wait return at once.
+                ready.clear()
+                now = time.monotonic()
+                if self._woken:
+                    self._woken = False
+                    next_claim = now
+                room = max_inflight - len(inflight)
+                # Each claim is a write transaction: while sends are in flight, wait
+                # for room for a useful chunk rather than claim a row at a time.
+                if now >= next_claim and not stopping() and (
+                        room >= max_inflight // 4 or not inflight):
+                    batch = await asyncio.to_thread(self.claim, room)
+                    # A full claim may have left due rows: claim again when there is room.
+                    next_claim = now if self.claimed >= room else time.monotonic() + poll_s
+                    for r, m in batch:
+                        task = asyncio.create_task(self.send_one(r, m))
+                        inflight.add(task)
+                        task.add_done_callback(finished)
+                    continue
+                # Each record is a write transaction too: group finished sends.
+                if done and (not inflight or len(done) >= max_inflight // 2
+                             or now - flushed >= flush_s):
+                    results = done.copy()
+                    done.clear()
+                    await asyncio.to_thread(self.record, results)
+                    flushed = time.monotonic()
+                    continue
+                timeout = next_claim - now if next_claim > now else poll_s
+                if done:
+                    timeout = min(timeout, flushed + flush_s - now)
+                try:
+                    async with asyncio.timeout(max(0.0, timeout)):
+                        await ready.wait()
+                except TimeoutError:
+                    pass
+            if done:
+                await asyncio.to_thread(self.record, done.copy())
+        finally:
+            self._waker = None
 
     async def run_once(self, limit: int = 500) -> int:
         """One claim-send-record round; returns how many rows it decided (0: idle)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 from ..errors import StoreError
 from .engine import Engine, JourneyEvent, segment_event
@@ -20,6 +21,9 @@ from .storage import cursor_get, cursor_set
 __all__ = ["DeliveryWorker", "JourneyWorker", "consume_segment_signals"]
 
 log = logging.getLogger(__name__)
+# Every send is in the delivery log already; httpx's INFO line per request costs the
+# sending thread a formatted log record each and floods the server's output.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 SIGNAL_CURSOR = "segment_signals"
 
@@ -83,13 +87,19 @@ class _Loop:
 
 
 class JourneyWorker(_Loop):
-    """Fires due timers, consumes segment signals and runs schedules."""
+    """Fires due timers, consumes segment signals and runs schedules.
+
+    ``on_progress`` is called after a round that moved users (it wakes the delivery
+    loop, so messages written by timers go out without waiting for its poll).
+    """
 
     name = "journey-timers"
 
     def __init__(self, engine: Engine, *, batch: int = 2000, poll_s: float = 0.05,
-                 schedule_every_s: float = 1.0, signals: bool = True) -> None:
+                 schedule_every_s: float = 1.0, signals: bool = True,
+                 on_progress: Callable[[], None] | None = None) -> None:
         super().__init__(poll_s)
+        self.on_progress = on_progress
         self.engine = engine
         self.batch = batch
         self.schedule_every_s = schedule_every_s
@@ -124,6 +134,8 @@ class JourneyWorker(_Loop):
                 self.errors += 1
                 log.exception("journey worker round failed")
                 done = 0
+            if done and self.on_progress is not None:
+                self.on_progress()
             if not done:
                 self._stop.wait(self.poll_s)
 
@@ -137,6 +149,11 @@ class DeliveryWorker(_Loop):
         super().__init__(poll_s)
         self.outbox = outbox
         self.batch = batch  # most messages in flight at once
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.outbox.wake()  # end the loop's wait now, not at its next poll
+        super().stop()
 
     def _main(self) -> None:
         asyncio.run(self._run())

@@ -2,26 +2,34 @@
 
 Subscribers run on their own thread, so a slow one never holds back ingestion: while
 they work, newly committed batches queue up and are handed over together as one
-table. Stopping delivers everything already committed before returning.
+table (and one set of changed profiles). Stopping delivers everything already
+committed before returning.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pyarrow as pa
 
-__all__ = ["EventDispatcher"]
+__all__ = ["EventDispatcher", "ProfileChanges"]
 
 log = logging.getLogger("touchline.dispatch")
 
 
+ProfileChanges = dict[str, set[int]]
+"""Per project, the users whose profiles changed."""
+
+
 class EventDispatcher:
-    def __init__(self, deliver: Callable[[pa.Table], None]) -> None:
+    def __init__(self, deliver: Callable[[pa.Table], None],
+                 deliver_profiles: Callable[[ProfileChanges], None] | None = None) -> None:
         self._deliver = deliver
+        self._deliver_profiles = deliver_profiles
         self._pending: list[pa.Table] = []
+        self._profiles: ProfileChanges = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -32,6 +40,17 @@ class EventDispatcher:
             return
         with self._cond:
             self._pending.append(table)
+            self._cond.notify()
+
+    def submit_profiles(self, changed: Mapping[str, set[int]]) -> None:
+        if self._deliver_profiles is None or not changed:
+            return
+        if self._thread is None:
+            self._call_profiles(dict(changed))
+            return
+        with self._cond:
+            for project, users in changed.items():
+                self._profiles.setdefault(project, set()).update(users)
             self._cond.notify()
 
     def start(self) -> None:
@@ -50,12 +69,24 @@ class EventDispatcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
+                while not self._pending and not self._profiles and not self._stopping:
                     self._cond.wait()
-                if not self._pending:
+                if not self._pending and not self._profiles:
                     return
                 batch, self._pending = self._pending, []
-            self._call(pa.concat_tables(batch) if len(batch) > 1 else batch[0])
+                profiles, self._profiles = self._profiles, {}
+            if batch:
+                self._call(pa.concat_tables(batch) if len(batch) > 1 else batch[0])
+            if profiles:
+                self._call_profiles(profiles)
+
+    def _call_profiles(self, changed: ProfileChanges) -> None:
+        assert self._deliver_profiles is not None
+        try:
+            self._deliver_profiles(changed)
+        except Exception:  # as for events: never stop the others or ingest
+            log.exception("real-time subscriber failed on %d changed profiles",
+                          sum(len(u) for u in changed.values()))
 
     def _call(self, table: pa.Table) -> None:
         try:

@@ -59,6 +59,12 @@ class Specs:
         """Called after each committed ingest batch with its events (a pyarrow Table
         with the stitched ``user_id``): the real-time path for audiences and journeys."""
 
+    @hookspec
+    def on_profiles(self, runtime: Runtime, changed: dict[str, set[int]]) -> None:
+        """Called after each committed ingest batch that changed profiles without an
+        event (profile operations, identity links): per project, the users whose
+        properties or identities changed."""
+
 
 def plugin_manager() -> pluggy.PluginManager:
     import importlib

@@ -172,13 +172,16 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
         def deliver(table: pa.Table) -> None:
             pm.hook.on_events(runtime=rt, events=table)
 
-        rt.dispatcher = EventDispatcher(deliver)
+        def deliver_profiles(changed: dict[str, set[int]]) -> None:
+            pm.hook.on_profiles(runtime=rt, changed=changed)
+
+        rt.dispatcher = EventDispatcher(deliver, deliver_profiles)
         rt.log = log
         rt.sink = LogSink(log)
         rt.pipeline = IngestPipeline(
             log=log, state=state, events=events, policy=policy, clock=clock,
             batch_events=settings.ingest_batch_events, interval_ms=settings.ingest_interval_ms,
             dedupe_horizon_ms=settings.dedupe_hours * 3600 * 1000,
-            on_commit=rt.dispatcher.submit,
+            on_commit=rt.dispatcher.submit, on_profiles=rt.dispatcher.submit_profiles,
         )
     return rt

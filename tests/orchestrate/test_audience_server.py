@@ -80,12 +80,24 @@ def test_segments_over_rest_follow_the_event_stream(server: Server) -> None:
         assert csv.text.splitlines()[0] == "user_id,member_since"
         assert csv.text.splitlines()[1].startswith(f"{user},")
 
+        # A profile change alone, with no event, moves users on traits at once.
+        r = c.post("/api/v1/segments", json={"name": "in bj", "conditions": {
+            "trait": "city", "value": "BJ"}})
+        assert r.status_code == 201 and r.json()["member_count"] == 2
+        assert user not in _members(c, "in bj")
+        send([{"type": "profile", "op": "set", "identities": {"login_id": "u1"},
+               "properties": {"city": "BJ"}}])
+        assert _poll(lambda: user in _members(c, "in bj") and not _members(c, "sh buyers"))
+        hist = c.get("/api/v1/segments/sh buyers/history").json()
+        assert [(h["user_id"], h["change"]) for h in hist][-1] == (user, "exit")
+
         r = c.put("/api/v1/segments/vips/csv", content=f"user_id\n{user}\nabc\n")
         assert r.status_code == 200
         assert r.json()["member_count"] == 1
         assert r.json()["errors"] == [{"field": "csv line 3.user_id",
                                        "rule": "must be an integer user id, got 'abc'"}]
-        assert [s["name"] for s in c.get("/api/v1/segments").json()] == ["sh buyers", "vips"]
+        assert [s["name"] for s in c.get("/api/v1/segments").json()] == [
+            "in bj", "sh buyers", "vips"]
         assert c.get("/api/v1/segments/nope").status_code == 404
 
 

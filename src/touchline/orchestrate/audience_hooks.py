@@ -31,6 +31,7 @@ __all__ = [
     "engine_for",
     "forget",
     "on_events",
+    "on_profiles",
     "register_commands",
     "state_schema",
     "workers",
@@ -106,6 +107,15 @@ def on_events(runtime: Runtime, events: Any) -> None:
     # meanwhile into its next batch. RealtimeWorker is the alternative that frees
     # the ingest thread at the cost of latency.
     engine_for(runtime).on_events(events)
+
+
+@hookimpl
+def on_profiles(runtime: Runtime, changed: dict[str, set[int]]) -> None:
+    # A profile operation with no event (profile_set from a CRM sync, say) still moves
+    # users in and out of segments on traits, at once.
+    engine = engine_for(runtime)
+    for project, users in changed.items():
+        engine.refresh(project, sorted(users), ())
 
 
 class _RuntimeWorker(BoundaryWorker):

@@ -29,7 +29,10 @@ from .dedupe import DuplicateFilter, event_key
 from .log import IngestLog
 from .records import Record, encode_records
 
-__all__ = ["IngestPipeline", "IngestStats", "LogSink", "encode_records", "track_events_table"]
+__all__ = [
+    "IngestPipeline", "IngestStats", "LogSink", "changed_profiles", "encode_records",
+    "track_events_table",
+]
 
 log = logging.getLogger("touchline.ingest")
 
@@ -94,6 +97,7 @@ class IngestPipeline:
         interval_ms: int = 50,
         dedupe_horizon_ms: int = 48 * 3600 * 1000,
         on_commit: Callable[[pa.Table], None] | None = None,
+        on_profiles: Callable[[dict[str, set[int]]], None] | None = None,
     ) -> None:
         self._log = log
         self._state = state
@@ -103,6 +107,7 @@ class IngestPipeline:
         self._batch_events = batch_events
         self._interval = interval_ms / 1000
         self._on_commit = on_commit
+        self._on_profiles = on_profiles
         self._dedupe = DuplicateFilter(dedupe_horizon_ms)
         self._offset: int = int(events.get_offset("ingest"))
         self.stats = IngestStats()
@@ -220,6 +225,13 @@ class IngestPipeline:
                 self._on_commit(events.append_column("user_id", events.column("profile_id")))
             except Exception:  # a failing subscriber must not stop ingestion
                 log.exception("on_commit subscriber failed")
+        if self._on_profiles is not None:
+            changed = changed_profiles(records, outcome)
+            if changed:
+                try:
+                    self._on_profiles(changed)
+                except Exception:
+                    log.exception("on_profiles subscriber failed")
         return len(entries)
 
     def _apply_state(self, records: list[Record], ends: list[int], end_offset: int) -> StateOutcome:
@@ -238,6 +250,18 @@ class IngestPipeline:
             if applied < end_offset:
                 tx.set_offset("ingest", end_offset)
         return _merge_outcomes(parts, split)
+
+
+def changed_profiles(records: Sequence[Record], outcome: StateOutcome) -> dict[str, set[int]]:
+    """Per project, the profiles a batch changed other than by events: profile
+    operations, identity links and unlinks, and the survivors of merges."""
+    out: dict[str, set[int]] = {}
+    for r, pid in zip(records, outcome.profile_ids, strict=True):
+        if pid is not None and r.kind in ("profile", "link", "unlink"):
+            out.setdefault(r.project, set()).add(pid)
+    for (project, _merged), survivor in outcome.user_map.items():
+        out.setdefault(project, set()).add(survivor)
+    return out
 
 
 def track_events_table(records: Sequence[Record], profile_ids: Sequence[int | None]) -> pa.Table:

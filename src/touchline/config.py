@@ -92,6 +92,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("junk_ids", str, "",
             "Extra identity values to refuse, comma separated, on top of the built-in "
             "list (anonymous, guest, null, undefined, 0, -1 ...)."),
+    Setting("duckdb_memory_limit", str, "512MB",
+            "Memory the DuckDB event store may use (a DuckDB size such as 512MB or 4GB; "
+            "empty for DuckDB's default of 80% of RAM). Past it DuckDB evicts cached "
+            "blocks and spills large queries to disk instead of growing with the data."),
+    Setting("duckdb_threads", int, 0,
+            "Threads DuckDB runs a query on; 0 means one per core."),
     Setting("query_timeout_s", float, 30.0, "Time limit of a read-only query."),
     Setting("query_max_rows", int, 100_000, "Most rows a query through the API returns."),
 )

@@ -157,7 +157,9 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
         with state.transaction() as tx:
             if tx.get_project("default") is None:
                 tx.create_project("default", time_zone=settings.time_zone)
-        events = open_event_store(data_dir)
+        events = open_event_store(
+            data_dir, memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
+        )
     except BaseException:
         state.close()
         raise

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import duckdb
 import pyarrow as pa
 
-from ...errors import QueryError, QueryTimeout, StoreError
+from ...errors import ConfigError, QueryError, QueryTimeout, StoreError
 from ...query import FunctionPolicy
 from ..batch import IdentityRow, IngestBatch, ItemRow, ProfileRow
 from . import replica
@@ -93,15 +93,36 @@ _ARROW_BATCH_ROWS = 8192
 class DuckDBEventStore(EventStore):
     dialect: ClassVar[StoreDialect] = DUCKDB_DIALECT
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        read_only: bool = False,
+        memory_limit: str = "",
+        threads: int = 0,
+    ) -> None:
         self._path = str(path)
         self._read_only = read_only
         config: dict[str, Any] = {
             "enable_external_access": False,
             "python_enable_replacements": False,
         }
+        # DuckDB's default buffer pool is 80% of the machine's memory: it keeps every
+        # block it has written or read cached, so resident memory grows with the events
+        # stored. A limit makes it evict clean blocks (they are on disk) and spill large
+        # query state to its temp directory instead.
+        if memory_limit:
+            config["memory_limit"] = memory_limit
+        if threads < 0:
+            raise ConfigError(f"duckdb_threads: must be 0 (one per core) or more, got {threads}")
+        if threads > 0:
+            config["threads"] = threads
         try:
             self._con = duckdb.connect(self._path, read_only=read_only, config=config)
+        except duckdb.Error as exc:
+            _check_memory_limit(memory_limit)
+            raise StoreError(f"cannot open event store {self._path}: {exc}") from exc
+        try:
             if not read_only:
                 for statement in _DDL:
                     self._con.execute(statement)
@@ -307,6 +328,19 @@ class DuckDBAnalysisConnection:
             return self.duckdb.sql(sql).to_arrow_table()
         except duckdb.Error as exc:
             raise QueryError(f"failed: {_first_line(str(exc))}") from None
+
+
+def _check_memory_limit(memory_limit: str) -> None:
+    """Raise ConfigError when DuckDB refuses the memory limit itself."""
+    if not memory_limit:
+        return
+    try:
+        duckdb.connect(":memory:", config={"memory_limit": memory_limit}).close()
+    except duckdb.Error as exc:
+        raise ConfigError(
+            f"duckdb_memory_limit: {memory_limit!r} is not a DuckDB memory size such as 512MB"
+            f" ({_first_line(str(exc))})"
+        ) from None
 
 
 def _first_line(text: str) -> str:

@@ -109,6 +109,8 @@ class IngestPipeline:
         self._on_commit = on_commit
         self._on_profiles = on_profiles
         self._dedupe = DuplicateFilter(dedupe_horizon_ms)
+        self._horizon_ms = dedupe_horizon_ms
+        self._pruned_ms = 0
         self._offset: int = int(events.get_offset("ingest"))
         self.stats = IngestStats()
         self._thread: threading.Thread | None = None
@@ -126,6 +128,10 @@ class IngestPipeline:
             self._dedupe.add_known(
                 (event_key(p, i) for p, i in zip(projects, ids, strict=True)), self._clock.now_ms()
             )
+        with self._state.transaction(read_only=True) as tx:
+            others = tx.recent_records(since)
+        if others:
+            self._dedupe.add_known((event_key(p, i) for p, i in others), self._clock.now_ms())
 
     @property
     def offset(self) -> int:
@@ -247,6 +253,12 @@ class IngestPipeline:
                 parts.append(resolve_records(tx, records[:split]))
             if split < len(records):
                 parts.append(apply_records(tx, records[split:], self._policy))
+                tx.remember_records([(r.project, r.event_id, r.received_ms)
+                                     for r in records[split:] if r.kind != "track"])
+            now = self._clock.now_ms()
+            if now - self._pruned_ms > 600_000:  # every ten minutes is plenty
+                tx.forget_records(now - self._horizon_ms)
+                self._pruned_ms = now
             if applied < end_offset:
                 tx.set_offset("ingest", end_offset)
         return _merge_outcomes(parts, split)

@@ -190,6 +190,23 @@ class StateTx:
             (name, value),
         )
 
+    # -- ids of applied non-event records (de-duplication across restarts) ----------
+
+    def remember_records(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        """Note (project, event_id, received_ms) of records this transaction applies."""
+        if rows:
+            self.executemany(
+                "INSERT INTO applied_records (project, event_id, received_ms) "
+                "VALUES (?, ?, ?) ON CONFLICT (project, event_id) DO NOTHING", rows)
+
+    def recent_records(self, since_ms: int) -> list[tuple[str, str]]:
+        rows = self.fetchall(
+            "SELECT project, event_id FROM applied_records WHERE received_ms >= ?", (since_ms,))
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def forget_records(self, before_ms: int) -> None:
+        self.execute("DELETE FROM applied_records WHERE received_ms < ?", (before_ms,))
+
 
 class StateStore(ABC):
     """A state-store backend. Subclasses supply the driver-specific methods."""

@@ -78,6 +78,16 @@ def _tables(json_type: str, autoincrement_pk: str, profile_pk: str) -> list[str]
             user_id BIGINT NOT NULL,
             detached_ms BIGINT NOT NULL,
             PRIMARY KEY (project, id_type, id_value))""",
+        # Ids of the non-event records (profile operations, items, links) applied
+        # within the de-duplication horizon: a client resending one after a restart
+        # (a Sensors batch with profile_increment, say) must not apply it twice.
+        # Events need no such table: their ids are in the event store.
+        """CREATE TABLE IF NOT EXISTS applied_records (
+            project TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            received_ms BIGINT NOT NULL,
+            PRIMARY KEY (project, event_id))""",
+        "CREATE INDEX IF NOT EXISTS applied_records_received ON applied_records (received_ms)",
     ]
 
 

@@ -92,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("junk_ids", str, "",
             "Extra identity values to refuse, comma separated, on top of the built-in "
             "list (anonymous, guest, null, undefined, 0, -1 ...)."),
+    Setting("identity_cache_entries", int, 250_000,
+            "Most identities the ingest pipeline keeps in memory to resolve events without "
+            "a query (about 330 bytes each); the others are looked up in the state store."),
     Setting("duckdb_memory_limit", str, "512MB",
             "Memory the DuckDB event store may use (a DuckDB size such as 512MB or 4GB; "
             "empty for DuckDB's default of 80% of RAM). Past it DuckDB evicts cached "

@@ -141,6 +141,7 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
     from .plugins import plugin_manager
     from .store.events import open_event_store
     from .store.state import open_state_store
+    from .track.identity import use_identity_cache
     from .track.ingest import IngestPipeline, LogSink
     from .track.log import IngestLog
     from .track.stitch import StitchPolicy
@@ -151,6 +152,7 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
     pm = plugin_manager()
     state = open_state_store(settings.state_url, data_dir, time_zone=settings.time_zone)
     try:
+        use_identity_cache(state, settings.identity_cache_entries)
         for schemas in pm.hook.state_schema():
             for name, statements in (schemas or {}).items():
                 state.ensure_schema(name, statements)

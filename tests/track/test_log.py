@@ -111,3 +111,33 @@ def test_duplicate_filter_across_generations() -> None:
     assert again == [False, False, True, False]
     f.expire(now_ms=10_000)  # sealed generations older than the horizon go
     assert f.filter([3], [10_000]) == [True]
+
+
+def test_duplicate_filter_merges_small_generations() -> None:
+    f = DuplicateFilter(horizon_ms=1000, seal_at=10, merge_below=30)
+    for start in range(0, 100, 10):
+        assert all(f.filter(list(range(start, start + 10)), [start] * 10))
+    sizes = [len(a) for a, _ in f._sealed]
+    assert sizes == [30, 30, 30, 10]  # merged up to merge_below, then a new one
+    assert all(len(a) == len(set(a.tolist())) and (a[:-1] < a[1:]).all() for a, _ in f._sealed)
+    assert f.filter([0, 45, 99, 100], [200] * 4) == [False, False, False, True]
+    assert len(f) == 101
+    f.expire(now_ms=1075)  # generations whose newest id is older than 75 go
+    assert f.filter([0, 45, 85, 95], [1075] * 4) == [True, True, False, False]
+
+
+def test_reads_a_window_at_a_time_across_segments_and_large_entries(tmp_path: Path) -> None:
+    # Entries smaller and larger than the read window, over several segments: every
+    # entry comes back once, in order, with its end offset, from any starting entry.
+    log = IngestLog(tmp_path, fsync=False, segment_bytes=700)
+    payloads = [bytes([i % 251]) * (i * 37 % 450 + 1) for i in range(60)]
+    ends = [log.append_sync(p) for p in payloads]
+    assert len(list(tmp_path.glob("*.log"))) > 3
+    for window in (64, 100, 1 << 20):
+        got = list(log.read(0, window=window))
+        assert [p for _, p in got] == payloads
+        assert [e for e, _ in got] == ends
+        assert [p for _, p in log.read(ends[29], window=window)] == payloads[30:]
+    # max_bytes still stops the reader early.
+    assert len(list(log.read(0, window=64, max_bytes=1000))) < len(payloads)
+    log.close()

@@ -3,8 +3,11 @@
 Kept compact so that tens of millions of remembered ids fit in a few hundred MB:
 the newest ids sit in a Python set; once it holds ``seal_at`` ids it is frozen into a
 sorted numpy array of 64-bit hashes (8 bytes an id), looked up a batch at a time with
-``searchsorted``. Sealed generations expire when their newest id is older than the
-horizon. A 64-bit hash collision would drop a distinct event: with 10^8 ids
+``searchsorted``. The set costs some 60 bytes an id, so it is sealed early; a new
+generation is merged into the previous one while that holds fewer than
+``merge_below`` ids, so that lookups search a few large arrays, not many small ones.
+Sealed generations expire when their newest id is older than the horizon (a merged
+one when its newest is: an id may be remembered a generation longer, never shorter). A 64-bit hash collision would drop a distinct event: with 10^8 ids
 remembered, a new id collides with probability about 5 in 10^12, which we accept.
 """
 
@@ -23,9 +26,12 @@ def event_key(project: str, event_id: str) -> int:
 
 
 class DuplicateFilter:
-    def __init__(self, horizon_ms: int, *, seal_at: int = 1_000_000) -> None:
+    def __init__(
+        self, horizon_ms: int, *, seal_at: int = 250_000, merge_below: int = 2_000_000
+    ) -> None:
         self._horizon = horizon_ms
         self._seal_at = seal_at
+        self._merge_below = merge_below
         self._current: set[int] = set()
         self._current_newest = 0
         self._sealed: list[tuple[np.ndarray, int]] = []  # (sorted hashes, newest ms)
@@ -78,6 +84,13 @@ class DuplicateFilter:
             return
         arr = np.fromiter(self._current, dtype=np.uint64, count=len(self._current))
         arr.sort()
-        self._sealed.append((arr, self._current_newest))
+        newest = self._current_newest
+        if self._sealed and len(self._sealed[-1][0]) < self._merge_below:
+            last, last_newest = self._sealed.pop()
+            # Two sorted runs: the stable sort (timsort) merges them in linear time.
+            arr = np.concatenate((last, arr))
+            arr.sort(kind="stable")
+            newest = max(newest, last_newest)
+        self._sealed.append((arr, newest))
         self._current = set()
         self._current_newest = 0

@@ -30,6 +30,7 @@ __all__ = ["IngestLog", "LogEntry"]
 
 _HEADER = struct.Struct("<II")
 _MAX_ENTRY = 256 * 1024 * 1024
+_READ_WINDOW = 4 * 1024 * 1024
 
 LogEntry = tuple[int, bytes]  # (offset just past the entry, payload)
 
@@ -176,35 +177,51 @@ class IngestLog:
                 self._durable.wait(timeout)
             return self._durable_end
 
-    def read(self, start: int, *, max_bytes: int = 32 << 20) -> Iterator[LogEntry]:
-        """Durable entries from ``start`` (an entry boundary), up to about ``max_bytes``."""
+    def read(
+        self, start: int, *, max_bytes: int = 32 << 20, window: int = _READ_WINDOW
+    ) -> Iterator[LogEntry]:
+        """Durable entries from ``start`` (an entry boundary), up to about ``max_bytes``,
+        reading ``window`` bytes of the file at a time (more for a larger entry)."""
         limit = self.end_offset
         segments = list(self._segments)
         read = 0
         for i, seg_start in enumerate(segments):
-            seg_end = segments[i + 1] if i + 1 < len(segments) else limit
+            seg_end = min(segments[i + 1] if i + 1 < len(segments) else limit, limit)
             if seg_end <= start or seg_start >= limit:
                 continue
             path = self._dir / _segment_name(seg_start)
+            pos = max(start, seg_start)
             with open(path, "rb") as f:
-                pos = max(start, seg_start)
-                f.seek(pos - seg_start)
-                data = f.read(min(seg_end, limit) - pos)
-            view = memoryview(data)
-            p = 0
-            while p + _HEADER.size <= len(data):
-                length, crc = _HEADER.unpack_from(data, p)
-                end = p + _HEADER.size + length
-                if end > len(data):
-                    break
-                payload = bytes(view[p + _HEADER.size:end])
-                if zlib.crc32(payload) != crc:
-                    raise StoreError(f"ingest log corrupt at offset {pos + p}")
-                p = end
-                read += length
-                yield pos + p, payload
-                if read >= max_bytes:
-                    return
+                # A window at a time, not the rest of the segment: a reader far behind
+                # the writer would otherwise hold up to a whole segment per call while
+                # it consumes one batch of it.
+                want = window
+                while pos < seg_end:
+                    f.seek(pos - seg_start)
+                    data = f.read(min(seg_end - pos, want))
+                    view = memoryview(data)
+                    p = 0
+                    while p + _HEADER.size <= len(data):
+                        length, crc = _HEADER.unpack_from(data, p)
+                        end = p + _HEADER.size + length
+                        if end > len(data):
+                            break
+                        payload = bytes(view[p + _HEADER.size:end])
+                        if zlib.crc32(payload) != crc:
+                            raise StoreError(f"ingest log corrupt at offset {pos + p}")
+                        p = end
+                        read += length
+                        yield pos + p, payload
+                        if read >= max_bytes:
+                            return
+                    if p == 0:
+                        if len(data) < _HEADER.size or len(data) == seg_end - pos:
+                            break  # no whole entry left in this segment
+                        # An entry larger than the window: read it whole next time.
+                        want = _HEADER.size + _HEADER.unpack_from(data, 0)[0]
+                        continue
+                    want = window
+                    pos += p
             start = seg_end
 
     def release(self, offset: int) -> None:

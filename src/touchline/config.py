@@ -78,7 +78,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest_batch_events", int, 20_000,
             "Most events the ingest worker moves from the log to the stores in one transaction."),
     Setting("ingest_interval_ms", int, 50,
-            "How long the ingest worker waits for more events before committing a partial batch."),
+            "Longest the idle ingest worker waits before looking at the log again; a newly "
+            "acknowledged request wakes it at once."),
     Setting("dedupe_hours", int, 48,
             "How long an event id (Segment messageId, PostHog uuid, Sensors content hash) "
             "is remembered to drop exact duplicates."),
@@ -103,6 +104,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Threads DuckDB runs a query on; 0 means one per core."),
     Setting("query_timeout_s", float, 30.0, "Time limit of a read-only query."),
     Setting("query_max_rows", int, 100_000, "Most rows a query through the API returns."),
+    Setting("delivery_concurrency", int, 4,
+            "Messages the delivery worker sends at once, across channels (it claims up to 8 "
+            "times as many ahead). Raise it for providers that answer slowly."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

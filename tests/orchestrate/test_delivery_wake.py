@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from servers import ProviderState, serve, webhook_app
@@ -117,3 +118,26 @@ def test_timer_round_wakes_the_delivery_loop(engine: Engine, sink: ProviderState
     delivery.stop()
     assert any(b'"later"' in b for b in bodies(sink))
     assert timers.errors == 0 and delivery.errors == 0
+
+
+def test_delivery_concurrency_setting_reaches_the_workers(tmp_path: Path) -> None:
+    from touchline.config import load_settings
+    from touchline.errors import ConfigError
+    from touchline.orchestrate.hooks import journeys_for, workers
+    from touchline.runtime import open_runtime
+
+    rt = open_runtime(load_settings(tmp_path, env={"TOUCHLINE_DELIVERY_CONCURRENCY": "12"},
+                                    admin_token="t"), ingest=False)
+    try:
+        assert journeys_for(rt).outbox.concurrency == 12
+        delivery = [w for w in workers(rt) if isinstance(w, DeliveryWorker)]
+        assert [w.batch for w in delivery] == [96]
+    finally:
+        rt.close()
+    bad = open_runtime(load_settings(tmp_path / "bad", env={}, admin_token="t",
+                                     delivery_concurrency=0), ingest=False)
+    try:
+        with pytest.raises(ConfigError, match="delivery_concurrency"):
+            journeys_for(bad)
+    finally:
+        bad.close()

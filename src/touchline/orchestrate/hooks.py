@@ -114,6 +114,13 @@ def unsubscribe_secret(runtime: Runtime) -> str:
     return str(value)
 
 
+def _delivery_concurrency(runtime: Runtime) -> int:
+    value = int(getattr(runtime.settings, "delivery_concurrency", 4))
+    if value < 1:
+        raise ConfigError(f"delivery_concurrency: must be 1 or more, got {value}")
+    return value
+
+
 def journeys_for(runtime: Runtime) -> JourneyRuntime:
     """The runtime's journey engine and outbox (built on first use)."""
     with _LOCK:
@@ -127,7 +134,8 @@ def journeys_for(runtime: Runtime) -> JourneyRuntime:
                                     unsubscribe_secret=unsubscribe_secret(runtime))
             outbox = Outbox(runtime.state, runtime.clock,
                             load_channels(runtime.data_dir, runtime.clock),
-                            policy=policy, profiles=state_profiles)
+                            policy=policy, profiles=state_profiles,
+                            concurrency=_delivery_concurrency(runtime))
             entry = (runtime, JourneyRuntime(engine, outbox))
             _BY_RUNTIME[id(runtime)] = entry
         return entry[1]
@@ -160,7 +168,10 @@ def on_events(runtime: Runtime, events: Any) -> None:
 @hookimpl
 def workers(runtime: Runtime) -> list[Any]:
     jr = journeys_for(runtime)
-    return [JourneyWorker(jr.engine, on_progress=jr.outbox.wake), DeliveryWorker(jr.outbox)]
+    # Claim ahead of the sends, so a claim (a write transaction) takes a useful chunk.
+    inflight = max(64, 8 * _delivery_concurrency(runtime))
+    return [JourneyWorker(jr.engine, on_progress=jr.outbox.wake),
+            DeliveryWorker(jr.outbox, batch=inflight)]
 
 
 @hookimpl

@@ -64,6 +64,7 @@ def diagnostics(rt: Runtime) -> str:
         top = ", ".join(f"{t.lower()} {b / 2**20:.0f}" for t, b in sorted(rows, key=lambda r: -r[1])[:3])
         parts.append(f"duckdb {total:.0f} MB ({top})")
     parts.append(f"arrow {pa.total_allocated_bytes() / 2**20:.0f} MB")
+    parts.append(f"python blocks {sys.getallocatedblocks():,}")
     pipeline: Any = rt.pipeline
     parts.append(f"dedupe {len(pipeline._dedupe):,} ids")
     cache = rt.state.caches.get(CACHE_KEY)
@@ -85,6 +86,33 @@ def print_python_heap(top: int = 15) -> None:
         print(f"  {stat.size / 2**20:7.1f} MB {stat.count:>10,} blocks  {frames}")
 
 
+def run_analyses(rt: Runtime) -> None:
+    """Time a few analyses over everything stored, through the real engine and the
+    event store (under its memory limit), and print the resident memory after."""
+    from touchline.analyze.service import analyzer_for, forget
+
+    day = 86_400_000
+    now = time.time() * 1000
+    span = {"from": time.strftime("%Y-%m-%d", time.gmtime((now - 2 * day) / 1000)),
+            "to": time.strftime("%Y-%m-%d", time.gmtime((now + day) / 1000)),
+            "time_zone": "UTC"}
+    specs = {
+        "events": {"events": [{"event": "pay", "measure": "users"}], "interval": "day"},
+        "funnel": {"steps": ["view_menu", "add_to_cart", "pay"]},
+        "retention": {"start": "view_menu", "return": "pay", "periods": 1},
+    }
+    analyzer = analyzer_for(rt)
+    try:
+        for kind, body in specs.items():
+            t0 = time.perf_counter()
+            analyzer.run(kind, {**span, **body})
+            mem = memory_mb()
+            print(f"analysis {kind:<10} {time.perf_counter() - t0:6.1f} s, "
+                  f"RSS {mem['rss']:,.0f} MB, peak {mem['peak']:,.0f} MB", flush=True)
+    finally:
+        forget(rt)
+
+
 def submit_round(rt: Runtime, seed: int, events: int, now: int) -> None:
     for raw in make_requests(events // 50, 50, 1, seed=seed):
         body = raw.split(b"\r\n\r\n", 1)[1]
@@ -99,6 +127,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--round", type=int, default=200_000, help="events submitted per round")
     ap.add_argument("--diag", action="store_true", help="print where the memory is each round")
+    ap.add_argument("--analyze", action="store_true",
+                    help="after ingesting, time a few analyses over the stored events")
     ap.add_argument("--trace", action="store_true",
                     help="trace Python allocations (slow) and print the largest sites at the end")
     args = ap.parse_args()
@@ -133,17 +163,20 @@ def main() -> None:
                                 max_rows=1).rows[0][0]
         if args.diag:
             print("after draining: " + diagnostics(rt))
+        ingest_peak = memory_mb()["peak"]
+        if args.analyze:
+            run_analyses(rt)
         if args.trace:
             print_python_heap()
         rt.close()
-    peak = memory_mb()["peak"]
+    peak = ingest_peak
     print(f"ingested {count:,} events in {elapsed:.0f} s ({count / elapsed:,.0f} events/s, "
           f"decode + log + pipeline in one process)")
     for m, rss in sorted(at_milestone.items()):
         print(f"RSS after {m:>12,} events submitted: {rss:,.0f} MB")
     verdict = "within" if peak <= TARGET_MB else "OVER"
-    print(f"peak resident memory {peak:,.0f} MB: {verdict} the {TARGET_MB:,} MB target "
-          f"({count:,} events)")
+    print(f"peak resident memory while ingesting {peak:,.0f} MB: {verdict} the "
+          f"{TARGET_MB:,} MB target ({count:,} events)")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("identity_cache_entries", int, 250_000,
             "Most identities the ingest pipeline keeps in memory to resolve events without "
             "a query (about 330 bytes each); the others are looked up in the state store."),
-    Setting("duckdb_memory_limit", str, "512MB",
+    Setting("duckdb_memory_limit", str, "256MB",
             "Memory the DuckDB event store may use (a DuckDB size such as 512MB or 4GB; "
             "empty for DuckDB's default of 80% of RAM). Past it DuckDB evicts cached "
             "blocks and spills large queries to disk instead of growing with the data."),

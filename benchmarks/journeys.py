@@ -338,8 +338,8 @@ def latency_in_process(rate: int, seconds: float) -> dict[str, Any]:
             rt.sink.submit_sync([Record(
                 kind="track", project="default", event_id=f"e{sent + k}",
                 time_ms=int(now * 1000), received_ms=int(now * 1000), source="bench",
-                event="cancel_order", distinct_id=f"u{(sent + k) % 5000}",
-                identities={"login_id": f"u{(sent + k) % 5000}"},
+                event="cancel_order", distinct_id=f"u{sent + k}",
+                identities={"login_id": f"u{sent + k}"},
                 properties={"order_id": f"o{sent + k}", "sent_at": repr(now)})
                 for k in range(batch)])
             sent += batch
@@ -353,7 +353,7 @@ def latency_in_process(rate: int, seconds: float) -> dict[str, Any]:
                  for at, body in arrived.values())
     if not lat:
         return {"rate": rate, "received": 0}
-    return {"rate": rate, "events": sent, "received": len(lat),
+    return {"fsync": False, "rate": rate, "events": sent, "received": len(lat),
             "exactly_once": all(v == 1 for v in counts.values()),
             "p50_ms": round(lat[len(lat) // 2], 1),
             "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}

@@ -215,3 +215,24 @@ def test_fast_path_takes_the_common_shape(con: duckdb.DuckDBPyConnection) -> Non
     assert result.rows.num_rows == 100 and result.left == []
     first = collector(orjson.loads(lines[0]))
     assert result.rows.column("event_id")[0].as_py() == first.event_id
+
+
+@pytest.mark.parametrize("props", [
+    b'{"o":{"b":1,"a":2},"x":1}',  # a nested object, its keys unsorted: same length
+    b'{"o":[1,2],"x":2}',  # a list of numbers
+    b'{"o":"s","x":1.0E2}',  # DuckDB writes 100.0: as long, not the line's text
+    b'{"o":"s","x":1e2}',
+    b'{"o":"s","x":-0}',
+])
+def test_fast_path_leaves_odd_leaves_to_python(
+    con: duckdb.DuckDBPyConnection, props: bytes
+) -> None:
+    """Leaves whose DuckDB text is as long as the line's but not orjson's canonical
+    text: the length check alone would accept them with a wrong event id."""
+    from touchline.track.bulk_json import SensorsSchema, fast_sensors, split_lines
+
+    line = b'{"type":"track","event":"e","time":%d,"distinct_id":"abc","properties":%s}' % (
+        NOW, props)
+    result = fast_sensors(con, split_lines(line, 1), SensorsSchema(), project="default",
+                          now_ms=NOW, time_window=True, extra_junk=frozenset())
+    assert result.rows.num_rows == 0 and result.left == [0]

@@ -17,7 +17,9 @@ Why the rebuilt text is the collector's canonical text, exactly:
   other JSON text of its value is shorter than: a string, ``true``/``false``, an
   integer of at most 18 digits, a plain decimal that orjson also writes plainly and
   that no exponent form shortens, a list of strings. Anything else (objects below the
-  second level, ``NaN``, long numbers, ``1e-3``) leaves the line to Python.
+  second level, ``NaN``, long numbers, ``1e-3``) leaves the line to Python. The check
+  is one pattern over the non-string leaves only (strings need none), and the rebuilt
+  text must hold no backslash (DuckDB escaped nothing).
 - Keys absent from the schema, explicit nulls and duplicate keys all vanish from the
   rebuilt text, which then is shorter than the line (minus its ``_flush_time`` member).
   Since every rebuilt part is as short as any text of the same value, equal lengths
@@ -63,11 +65,9 @@ _INT = r"-?(?:0|[1-9][0-9]{0,17})"
 _DECIMAL = r"-?(?:0\.0?[1-9][0-9]*|[1-9][0-9]{0,15}\.[0-9]*[1-9]|(?:[1-9][0-9]{0,14})?[1-9]\.0)"
 # With no backslash in the line, a string is '"' + bytes other than '"' + '"'.
 _STRING = r'"[^"]*"'
-_VALUE = rf'(?:{_STRING}|true|false|{_INT}|{_DECIMAL}|\[(?:{_STRING}(?:,{_STRING})*)?\])'
-_MEMBER = rf"{_STRING}:{_VALUE}"
-# The rebuilt text: an object of values and of objects of values.
-_OBJECT = rf"\{{(?:{_MEMBER}(?:,{_MEMBER})*)?\}}"
-_CANONICAL = rf"\{{(?:{_STRING}:(?:{_VALUE}|{_OBJECT})(?:,{_STRING}:(?:{_VALUE}|{_OBJECT}))*)?\}}"
+# The non-string leaves of a record, comma-separated (see _build_sql).
+_OTHER = rf'(?:true|false|{_INT}|{_DECIMAL}|\[(?:{_STRING}(?:,{_STRING})*)?\])'
+_OTHERS = rf"(?:{_OTHER}(?:,{_OTHER})*)?"
 _MAX_MS = 10**14
 _NAME = NAME_RE.pattern.removeprefix("^").removesuffix("$")
 _FLUSH = "_flush_time"
@@ -212,7 +212,18 @@ def _name_ok(name: str) -> bool:
 
 
 def _build_sql(schema: SensorsSchema) -> str:
-    leaves: dict[str, str] = {}  # canonical member text expression per top-level key
+    # Every leaf's JSON text once, as a column of `leaves`: the canonical text, the
+    # stored properties and the checks all read these columns.
+    names: dict[tuple[str, str | None], str] = {}
+    columns: list[str] = []
+    for key in schema.top:
+        children = schema.top[key]
+        for child in [None] if children is None else children:
+            path = f"j.{_ident(key)}" + ("" if child is None else f".{_ident(child)}")
+            names[(key, child)] = name = f"l{len(names)}"
+            columns.append(f"{path}::VARCHAR AS {name}")
+
+    members: list[str] = []  # canonical member text expression per top-level key
     for key in sorted(schema.top):
         if key == _FLUSH:
             continue
@@ -220,34 +231,38 @@ def _build_sql(schema: SensorsSchema) -> str:
         if children is None:
             # An object where the schema has a leaf would come out unsorted: it
             # vanishes, and the length check leaves the line to Python.
-            expr = f"j.{_ident(key)}::VARCHAR"
-            leaves[key] = _member(key, f"CASE WHEN NOT starts_with({expr}, '{{') THEN {expr} END")
+            v = names[(key, None)]
+            members.append(_member(key, f"CASE WHEN NOT starts_with({v}, '{{') THEN {v} END"))
         elif children:
-            parts = []
-            for child in sorted(children):
-                expr = f"j.{_ident(key)}.{_ident(child)}::VARCHAR"
-                parts.append(_member(child, expr))
+            parts = [_member(c, names[(key, c)]) for c in sorted(children)]
             inner = f"NULLIF(concat_ws(',', {', '.join(parts)}), '')"
-            leaves[key] = f"{_lit(orjson.dumps(key).decode() + ':{')} || {inner} || '}}'"
-    canonical = "'{' || concat_ws(',', " + ", ".join(leaves.values() or ["NULL"]) + ") || '}'"
-    flush = (f"CASE WHEN j.{_ident(_FLUSH)} IS NULL THEN 0"
-             f" ELSE {len(_FLUSH) + 4} + strlen(j.{_ident(_FLUSH)}::VARCHAR) END"
-             if _FLUSH in schema.top else "0")
+            members.append(f"{_lit(orjson.dumps(key).decode() + ':{')} || {inner} || '}}'")
+    canonical = "'{' || concat_ws(',', " + ", ".join(members or ["NULL"]) + ") || '}'"
+    # The leaves that are not strings, comma-separated: each must be in an encoding
+    # orjson writes alike and no shorter text of its value exists (strings are,
+    # with no backslash in the line). An object below the first level, null, NaN or
+    # a long number fails; a top-level object vanished above.
+    others = [f"CASE WHEN NOT starts_with({names[leaf]}, '\"') THEN {names[leaf]} END"
+              for leaf in names if leaf != (_FLUSH, None)]
+    others_ok = (f"regexp_full_match(concat_ws(',', {', '.join(others)}), {_lit(_OTHERS)})"
+                 if others else "true")
+    flush = (f"CASE WHEN {names[(_FLUSH, None)]} IS NULL THEN 0"
+             f" ELSE {len(_FLUSH) + 4} + strlen({names[(_FLUSH, None)]}) END"
+             if (_FLUSH, None) in names else "0")
 
     def top(key: str) -> str:
-        return f"j.{_ident(key)}::VARCHAR" if schema.top.get(key, ...) is None else "NULL"
+        return names[(key, None)] if (key, None) in names else "NULL"
 
     props = schema.top.get("properties") or []
     lib = schema.top.get("lib") or []
-    stored = [_member(p, f"j.properties.{_ident(p)}::VARCHAR")
-              for p in props if p not in CONTROL_KEYS]
+    stored = [_member(p, names[("properties", p)]) for p in props if p not in CONTROL_KEYS]
     for key in LIB_KEYS:
         if key in lib:
-            expr = f"j.lib.{_ident(key)}::VARCHAR"
+            v = names[("lib", key)]
             own = f"j.properties.{_ident(key)} IS NULL AND " if key in props else ""
-            stored.append(f"CASE WHEN {own}starts_with({expr}, '\"') THEN {_member(key, expr)} END")
+            stored.append(f"CASE WHEN {own}starts_with({v}, '\"') THEN {_member(key, v)} END")
     stored_expr = ("'{' || concat_ws(',', " + ", ".join(stored) + ") || '}'") if stored else "'{}'"
-    login = ("coalesce(j.properties.\"$is_login_id\"::VARCHAR = 'true', false)"
+    login = (f"coalesce({names[('properties', '$is_login_id')]} = 'true', false)"
              if "$is_login_id" in props else "false")
     names_ok = " AND ".join(f"j.properties.{_ident(p)} IS NULL"
                             for p in props if p not in CONTROL_KEYS and not _name_ok(p)) or "true"
@@ -266,14 +281,14 @@ def _build_sql(schema: SensorsSchema) -> str:
     return f"""
 WITH parsed AS (
     SELECT line, nbytes, from_json(raw, {_lit(schema.duckdb_type())}) AS j FROM __tl_fast WHERE safe
+), leaves AS (
+    SELECT line, nbytes, j, {', '.join(columns)} FROM parsed
 ), built AS (
-    SELECT line, nbytes, j, {canonical} AS canonical, {flush} AS flush,
-        {common} AS common
-    FROM parsed
+    SELECT *, {canonical} AS canonical, {flush} AS flush, {common} AS common FROM leaves
 ), shaped AS (
     SELECT line, canonical,
-        strlen(canonical) = nbytes - flush AND common
-            AND regexp_full_match(canonical, {_lit(_CANONICAL)}) AND {names_ok} AS ok,
+        strlen(canonical) = nbytes - flush AND common AND NOT contains(canonical, '\\')
+            AND {others_ok} AND {names_ok} AS ok,
         substr({top('event')}, 2, strlen({top('event')}) - 2) AS event,
         substr({top('distinct_id')}, 2, strlen({top('distinct_id')}) - 2) AS distinct_id,
         CASE WHEN {login} THEN 'login_id' ELSE 'anonymous_id' END AS id_type,

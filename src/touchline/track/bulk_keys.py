@@ -15,12 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-__all__ = ["KeySet", "event_keys"]
+__all__ = ["IdOwners", "KeySet", "event_keys"]
 
 # Hex digit value per byte; 255 marks a byte that is not a lowercase hex digit.
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
 _NIBBLE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
-_MERGE_AT = 8  # generations of sorted keys before they are merged into one
 
 
 def event_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -58,8 +57,7 @@ class KeySet:
         return sum(len(g) for g in self._generations)
 
     def add(self, keys: np.ndarray) -> None:
-        if len(keys):
-            self._push(np.unique(keys))
+        self.fresh(keys)
 
     def fresh(self, keys: np.ndarray) -> np.ndarray:
         """Per key, True when it is new (it is then remembered), False for one seen
@@ -78,8 +76,47 @@ class KeySet:
         return fresh
 
     def _push(self, sorted_keys: np.ndarray) -> None:
+        """Add sorted keys that no generation holds yet.
+
+        Generations are tiered by size (each at least twice the next): a new one is
+        merged into the last while it is not smaller than half of it, so there are
+        O(log n) of them and every key is re-sorted O(log n) times. The generations
+        are disjoint, so a merge is a sort, without np.unique's hashing."""
         if not len(sorted_keys):
             return
-        self._generations.append(sorted_keys)
-        if len(self._generations) > _MERGE_AT:
-            self._generations = [np.unique(np.concatenate(self._generations))]
+        generations = self._generations
+        while generations and 2 * len(sorted_keys) >= len(generations[-1]):
+            sorted_keys = np.sort(np.concatenate([generations.pop(), sorted_keys]))
+        generations.append(sorted_keys)
+
+class IdOwners:
+    """Identity value -> the profile it resolved to in this import, per identity type,
+    looked up a chunk's distinct values at a time in Arrow (no Python per value)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[pa.Array]] = {}
+        self._owners: dict[str, list[np.ndarray]] = {}
+
+    def clear(self) -> None:
+        self._values.clear()
+        self._owners.clear()
+
+    def lookup(self, id_type: str, values: pa.Array) -> np.ndarray:
+        """The owner of each value (int64), -1 for a value not resolved yet."""
+        known = self._values.get(id_type)
+        if not known:
+            return np.full(len(values), -1, dtype=np.int64)
+        if len(known) > 1:  # merged once per lookup after an add: the set grows rarely
+            self._values[id_type] = known = [pa.concat_arrays(known)]
+            self._owners[id_type] = [np.concatenate(self._owners[id_type])]
+        at = pc.index_in(values, value_set=known[0]).fill_null(-1).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+        out = np.full(len(values), -1, dtype=np.int64)
+        hit = at >= 0
+        out[hit] = self._owners[id_type][0][at[hit]]
+        return out
+
+    def add(self, id_type: str, values: pa.Array, owners: np.ndarray) -> None:
+        if len(values):
+            self._values.setdefault(id_type, []).append(values.cast(pa.string()))
+            self._owners.setdefault(id_type, []).append(np.asarray(owners, dtype=np.int64))

@@ -31,7 +31,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +47,8 @@ from ..clock import Clock, SystemClock
 from ..errors import InvalidInput
 from ..store.batch import EVENT_SCHEMA, IngestBatch, StateOutcome
 from ..store.events.base import EventStore
-from .bulk_json import SensorsSchema, fast_sensors, split_lines
-from .bulk_keys import KeySet, event_keys
+from .bulk_json import LineSplit, SensorsSchema, fast_sensors, split_lines
+from .bulk_keys import IdOwners, KeySet, event_keys
 from .bulk_validate import (
     BULK_SCHEMA,
     BulkChunk,
@@ -165,7 +165,7 @@ def import_files(
     )
     report = ImportReport()
     started = time.perf_counter()
-    con = duckdb.connect()
+    con = duckdb.connect(config={"threads": 1})
     try:
         for raw_path in paths:
             path = Path(raw_path)
@@ -304,16 +304,35 @@ def _import_sensors(
         rest.rows = pa.concat_tables([rows, rest.rows]) if rest.rows.num_rows else rows
         finish(rest, block)
 
+    # The fast path of chunk N+1 runs in a thread (DuckDB and numpy release the GIL)
+    # while this one stitches and appends chunk N: one chunk ahead, in file order.
+    # It has its own connection to the import's database: one connection is not
+    # shared between threads.
+    fast_con = con.cursor()
+    blocks = _blocks(path, chunk_bytes)
+
+    def prepare() -> tuple[_Block, pa.Table, list[int], LineSplit] | None:
+        block = next(blocks, None)
+        if block is None:
+            return None
+        with report.timed("fast"):
+            split = split_lines(block.data, block.first)
+            if fast:
+                result = fast_sensors(fast_con, split, loader.schema, project=loader.project,
+                                      **checks)
+                return block, result.rows, result.left, split
+            return block, BULK_SCHEMA.empty_table(), list(range(split.count)), split
+
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="touchline-import")
     try:
-        for block in _blocks(path, chunk_bytes):
-            with report.timed("fast"):
-                split = split_lines(block.data, block.first)
-                if fast:
-                    result = fast_sensors(con, split, loader.schema, project=loader.project,
-                                          **checks)
-                    rows, left = result.rows, result.left
-                else:
-                    rows, left = BULK_SCHEMA.empty_table(), list(range(split.count))
+        pending = ahead.submit(prepare)
+        while True:
+            with report.timed("fast_wait"):
+                prepared = pending.result()
+            if prepared is None:
+                break
+            pending = ahead.submit(prepare)
+            block, rows, left, split = prepared
             numbers = [block.first + i for i in left]
             lines = [split.line(i) for i in left]
             rest: BulkChunk | Future[Any]
@@ -335,6 +354,8 @@ def _import_sensors(
         while window:
             next_done()
     finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
+        fast_con.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
@@ -412,10 +433,10 @@ class _Loader:
         self.source = source
         self.dedupe = KeySet()
         self.schema = SensorsSchema()  # the Sensors fast path's keys, grown per file
-        # id type -> identity value -> the profile it resolved to in this import. A
+        # Per id type, identity value -> the profile it resolved to in this import. A
         # profile merged later stays right: events keep their profile id and the
         # user map re-attributes them. An unbind clears it (the identity moves).
-        self.known: dict[str, dict[str, int]] = {}
+        self.known = IdOwners()
         # (profile id, time) of events not yet counted on their profiles: one
         # touch_profiles call at the end instead of one per chunk.
         self.pending_stats: list[pa.Table] = []
@@ -457,31 +478,28 @@ class _Loader:
                 mask = pc.equal(rows.column("id_type"), id_type)
                 subset = rows.filter(mask)
                 encoded = pc.dictionary_encode(subset.column("id_value")).combine_chunks()
-                values = encoded.dictionary.to_pylist()
-                known = self.known.setdefault(id_type, {})
-                new = [i for i, v in enumerate(values) if v not in known]
-                groups.append((id_type, mask, subset, encoded, values, new))
+                owners = self.known.lookup(id_type, encoded.dictionary)
+                new = np.flatnonzero(owners < 0)
+                groups.append((id_type, mask, subset, encoded, owners, new))
             outcome = StateOutcome(profile_ids=[])
             # Once every identity is known, a chunk of plain events needs no state
             # transaction at all.
-            if records or any(g[5] for g in groups):
+            if records or any(len(g[5]) for g in groups):
                 with self.state_store.transaction() as tx:
                     if records:
                         outcome = apply_records(tx, records, self.policy)
-                    for id_type, _, subset, encoded, values, new in groups:
-                        if not new:
+                    for id_type, _, subset, encoded, owners, new in groups:
+                        if not len(new):
                             continue
                         seen = pa.table({"v": encoded.indices, "t": subset.column("time")}
                                         ).group_by("v").aggregate([("t", "min")]).sort_by(
-                                            "v").column("t_min").to_pylist()
-                        new_values = [values[i] for i in new]
-                        owners_new = ensure_profiles(tx, self.project, id_type, new_values,
-                                                     seen_ms=[seen[i] for i in new])
-                        self.known[id_type].update(zip(new_values, owners_new, strict=True))
-            for id_type, mask, _, encoded, values, _ in groups:
-                known = self.known[id_type]
-                owners = np.fromiter((known[v] for v in values), dtype=np.int64,
-                                     count=len(values))
+                                            "v").column("t_min").to_numpy()
+                        new_values = encoded.dictionary.take(pa.array(new))
+                        owners[new] = ensure_profiles(
+                            tx, self.project, id_type, new_values.to_pylist(),
+                            seen_ms=seen[new].tolist())
+                        self.known.add(id_type, new_values, owners[new])
+            for _, mask, _, encoded, owners, _ in groups:
                 profile_ids[np.flatnonzero(mask.to_numpy(zero_copy_only=False))] = owners[
                     encoded.indices.to_numpy(zero_copy_only=False)]
         if rows.num_rows:

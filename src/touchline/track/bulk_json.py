@@ -296,7 +296,7 @@ WITH parsed AS (
         coalesce({top('time_free')} = 'true', false) AS time_free,
         {stored_expr} AS properties
     FROM built
-)
+), checked AS (
 SELECT line, canonical, event, distinct_id, id_type, time, properties,
     coalesce(ok
         AND regexp_full_match(event, {_lit(_NAME)})
@@ -307,6 +307,9 @@ SELECT line, canonical, event, distinct_id, id_type, time, properties,
         AND (time_free OR NOT $window
              OR time BETWEEN $now - {MAX_PAST_MS} AND $now + {MAX_FUTURE_MS}), false) AS ok
 FROM shaped
+)
+-- Only the accepted lines: the others are left to Python by number.
+SELECT line, canonical, event, distinct_id, id_type, time, properties FROM checked WHERE ok
 """
 
 
@@ -359,11 +362,8 @@ def fast_sensors(
                               time_window=time_window, extra_junk=extra_junk)
         todo[invalid] = False
         if table.num_rows:
-            ok = table.column("ok")
-            good = table.filter(ok)
-            done = good.column("line").to_numpy() - split.first
-            todo[done] = False
-            accepted.append(good)
+            todo[table.column("line").to_numpy() - split.first] = False
+            accepted.append(table)
     left: list[int] = np.flatnonzero(~_accepted_mask(split, accepted)).tolist()
     if not accepted:
         return FastResult(BULK_SCHEMA.empty_table(), left)

@@ -476,11 +476,14 @@ class _Loader:
             groups = []
             for id_type in pc.unique(rows.column("id_type")).to_pylist():
                 mask = pc.equal(rows.column("id_type"), id_type)
-                subset = rows.filter(mask)
-                encoded = pc.dictionary_encode(subset.column("id_value")).combine_chunks()
+                # Only the columns needed: filtering the whole table would copy the
+                # properties and canonical texts too.
+                times = rows.column("time").filter(mask)
+                encoded = pc.dictionary_encode(
+                    rows.column("id_value").filter(mask)).combine_chunks()
                 owners = self.known.lookup(id_type, encoded.dictionary)
                 new = np.flatnonzero(owners < 0)
-                groups.append((id_type, mask, subset, encoded, owners, new))
+                groups.append((id_type, mask, times, encoded, owners, new))
             outcome = StateOutcome(profile_ids=[])
             # Once every identity is known, a chunk of plain events needs no state
             # transaction at all.
@@ -488,10 +491,10 @@ class _Loader:
                 with self.state_store.transaction() as tx:
                     if records:
                         outcome = apply_records(tx, records, self.policy)
-                    for id_type, _, subset, encoded, owners, new in groups:
+                    for id_type, _, times, encoded, owners, new in groups:
                         if not len(new):
                             continue
-                        seen = pa.table({"v": encoded.indices, "t": subset.column("time")}
+                        seen = pa.table({"v": encoded.indices, "t": times}
                                         ).group_by("v").aggregate([("t", "min")]).sort_by(
                                             "v").column("t_min").to_numpy()
                         new_values = encoded.dictionary.take(pa.array(new))

@@ -21,9 +21,6 @@ from .storage import cursor_get, cursor_set
 __all__ = ["DeliveryWorker", "JourneyWorker", "consume_segment_signals"]
 
 log = logging.getLogger(__name__)
-# Every send is in the delivery log already; httpx's INFO line per request costs the
-# sending thread a formatted log record each and floods the server's output.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 SIGNAL_CURSOR = "segment_signals"
 

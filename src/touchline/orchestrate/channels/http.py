@@ -1,5 +1,5 @@
-"""What the HTTP channels share: one client, transport-error mapping, Retry-After,
-HTTP status mapping and the access-token cache of the WeChat-family APIs."""
+"""What the HTTP channels share: one client (:mod:`.client`), transport-error mapping,
+Retry-After, HTTP status mapping and the access-token cache of the WeChat-family APIs."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
-import httpx
 import orjson
 
 from ...clock import Clock
 from .base import Channel, DeliveryResult, Message, config_int, config_str
+from .client import HttpClient, HttpResponse, TransportFailure
 
 __all__ = [
     "AccessTokenCache",
@@ -36,7 +36,7 @@ class ProviderAnswer(Exception):
         self.result = result
 
 
-def response_text(response: httpx.Response) -> str:
+def response_text(response: HttpResponse) -> str:
     """The provider's answer, truncated for the delivery log."""
     return response.text[:_MAX_RESPONSE_CHARS]
 
@@ -57,7 +57,7 @@ def parse_retry_after(value: str | None, now_ms: int) -> float | None:
     return max(0.0, when.timestamp() - now_ms / 1000)
 
 
-def status_result(response: httpx.Response, now_ms: int) -> DeliveryResult:
+def status_result(response: HttpResponse, now_ms: int) -> DeliveryResult:
     """Generic mapping of an HTTP status: 2xx sent, 408/425/429/5xx retry, other 4xx failed."""
     code = response.status_code
     text = response_text(response)
@@ -69,7 +69,7 @@ def status_result(response: httpx.Response, now_ms: int) -> DeliveryResult:
     return DeliveryResult("failed", text, reason=f"http {code}")
 
 
-def json_body(response: httpx.Response) -> dict[str, Any] | None:
+def json_body(response: HttpResponse) -> dict[str, Any] | None:
     """The response as a JSON object, or None when it is not one."""
     try:
         value = orjson.loads(response.content)
@@ -79,7 +79,7 @@ def json_body(response: httpx.Response) -> dict[str, Any] | None:
 
 
 class HttpChannel(Channel):
-    """A channel that calls an HTTP API through one shared ``httpx.AsyncClient``.
+    """A channel that calls an HTTP API through one shared :class:`HttpClient`.
 
     Subclasses implement :meth:`attempt`. Timeouts and connection errors become
     ``retry`` results here, once, for every HTTP channel.
@@ -93,7 +93,7 @@ class HttpChannel(Channel):
         config: Mapping[str, Any],
         *,
         clock: Clock | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: HttpClient | None = None,
     ) -> None:
         super().__init__(config, clock=clock)
         if self.requires_base_url:
@@ -108,7 +108,7 @@ class HttpChannel(Channel):
         self.max_connections = config_int(self.config, "max_connections", self.name, default=100)
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> HttpClient:
         """The shared client of the running event loop.
 
         A client's connections belong to the loop that opened them; a caller that runs
@@ -117,11 +117,8 @@ class HttpChannel(Channel):
         """
         loop = asyncio.get_running_loop()
         if self._client is None or (self._owns_client and self._client_loop is not loop):
-            size = self.max_connections
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout_s,
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-            )
+            self._client = HttpClient(timeout_s=self.timeout_s,
+                                      max_connections=self.max_connections)
             self._client_loop = loop
         return self._client
 
@@ -136,16 +133,14 @@ class HttpChannel(Channel):
             return await self.attempt(message)
         except ProviderAnswer as answer:
             return answer.result
-        except httpx.TimeoutException as exc:
-            return DeliveryResult(
-                "retry", reason=f"timeout after {self.timeout_s:g}s ({type(exc).__name__})"
-            )
-        except httpx.TransportError as exc:
-            return DeliveryResult("retry", reason=f"connection error: {exc!r}")
+        except TransportFailure as exc:
+            if exc.timeout:
+                return DeliveryResult("retry", reason=f"timeout after {self.timeout_s:g}s ({exc})")
+            return DeliveryResult("retry", reason=f"connection error: {exc}")
 
     @abstractmethod
     async def attempt(self, message: Message) -> DeliveryResult:
-        """One provider call; may raise httpx transport errors or :class:`ProviderAnswer`."""
+        """One provider call; may raise :class:`TransportFailure` or :class:`ProviderAnswer`."""
 
 
 class AccessTokenCache:

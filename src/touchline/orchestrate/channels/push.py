@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import httpx
 import xxhash
 
 from .base import DeliveryResult, Message, config_int, config_str
+from .client import HttpResponse
 from .http import HttpChannel, ProviderAnswer, json_body, response_text, status_result
 
 __all__ = ["RETRY_ERRORS", "JPushChannel"]
@@ -43,7 +43,7 @@ class JPushChannel(HttpChannel):
 
     def __init__(self, config: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self.auth = httpx.BasicAuth(
+        self.auth = (
             config_str(self.config, "app_key", self.name),
             config_str(self.config, "master_secret", self.name),
         )
@@ -124,7 +124,7 @@ class JPushChannel(HttpChannel):
                                   reason="ok")
         return self._error(response, "push")
 
-    def _error(self, response: httpx.Response, what: str) -> DeliveryResult:
+    def _error(self, response: HttpResponse, what: str) -> DeliveryResult:
         """A JPush answer that is not a success, mapped by status and error code."""
         text = response_text(response)
         answer = json_body(response) or {}

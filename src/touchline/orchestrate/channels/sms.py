@@ -30,10 +30,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import httpx
 import orjson
 
 from .base import DeliveryResult, Message, config_str
+from .client import NoAnswer
 from .http import HttpChannel, json_body, response_text, status_result
 
 __all__ = ["RETRY_AFTER_S", "RETRY_CODES", "AliyunSmsChannel", "aliyun_signature", "percent_encode"]
@@ -71,7 +71,7 @@ def aliyun_signature(params: Mapping[str, str], secret: str, method: str = "POST
 
 
 # Transport errors after which the request may have reached the provider.
-_MAYBE_SENT = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.RemoteProtocolError)
+_MAYBE_SENT = NoAnswer
 # Alibaba Cloud keys SMS send dates by China time.
 _CHINA = timezone(timedelta(hours=8))
 

@@ -23,10 +23,9 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import httpx
-
 from ...clock import Clock
 from .base import DeliveryResult, Message, config_str
+from .client import HttpResponse
 from .http import (
     AccessTokenCache,
     HttpChannel,
@@ -94,7 +93,7 @@ class WeixinChannel(HttpChannel):
 
     async def _post(
         self, token: str, body: dict[str, Any]
-    ) -> tuple[httpx.Response, dict[str, Any] | None]:
+    ) -> tuple[HttpResponse, dict[str, Any] | None]:
         response = await self.client.post(
             self.base_url + self.send_path, params={"access_token": token}, json=body
         )

@@ -25,7 +25,9 @@ ProfileChanges = dict[str, set[int]]
 
 class EventDispatcher:
     def __init__(self, deliver: Callable[[pa.Table], None],
-                 deliver_profiles: Callable[[ProfileChanges], None] | None = None) -> None:
+                 deliver_profiles: Callable[[ProfileChanges], None] | None = None,
+                 *, name: str = "touchline-dispatch") -> None:
+        self._name = name
         self._deliver = deliver
         self._deliver_profiles = deliver_profiles
         self._pending: list[pa.Table] = []
@@ -55,7 +57,7 @@ class EventDispatcher:
 
     def start(self) -> None:
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="touchline-dispatch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

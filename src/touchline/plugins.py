@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "touchline.analyze.hooks",
     "touchline.orchestrate.audience_hooks",
     "touchline.orchestrate.hooks",
+    "touchline.optimize.hooks",
 )
 
 
@@ -58,6 +59,14 @@ class Specs:
     def on_events(self, runtime: Runtime, events: Any) -> None:
         """Called after each committed ingest batch with its events (a pyarrow Table
         with the stitched ``user_id``): the real-time path for audiences and journeys."""
+
+    @hookspec
+    def on_stitched_events(self, runtime: Runtime, events: Any) -> None:
+        """Called with each ingest batch's events (as for :meth:`on_events`) as soon as
+        the state store has stitched them, before the event store commits them: the
+        lowest-latency path, for subscribers that act on the events themselves and
+        query nothing from the event store (journeys). A crash between the two commits
+        replays the batch, so a subscriber may see the same events (same ids) twice."""
 
     @hookspec
     def on_profiles(self, runtime: Runtime, changed: dict[str, set[int]]) -> None:

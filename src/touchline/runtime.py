@@ -43,6 +43,7 @@ class Runtime:
     pipeline: Any = None
     sink: Any = None
     dispatcher: Any = None
+    stitched_dispatcher: Any = None
     admin_token: str = ""
     new_admin_token: bool = False
     _workers: list[Any] = field(default_factory=list)
@@ -56,8 +57,9 @@ class Runtime:
         return StateProjects(self.state)
 
     def start_workers(self) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.start()
+        for dispatcher in (self.stitched_dispatcher, self.dispatcher):
+            if dispatcher is not None:
+                dispatcher.start()
         if self.pipeline is not None:
             self.pipeline.start()
         for group in self.plugins.hook.workers(runtime=self):
@@ -69,8 +71,9 @@ class Runtime:
         # Ingest first: everything acknowledged reaches the stores before the rest stops.
         if self.pipeline is not None:
             self.pipeline.stop()
-        if self.dispatcher is not None:
-            self.dispatcher.stop()
+        for dispatcher in (self.stitched_dispatcher, self.dispatcher):
+            if dispatcher is not None:
+                dispatcher.stop()
         for worker in reversed(self._workers):
             worker.stop()
         self._workers.clear()
@@ -179,7 +182,13 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
         def deliver_profiles(changed: dict[str, set[int]]) -> None:
             pm.hook.on_profiles(runtime=rt, changed=changed)
 
+        def deliver_stitched(table: pa.Table) -> None:
+            pm.hook.on_stitched_events(runtime=rt, events=table)
+
         rt.dispatcher = EventDispatcher(deliver, deliver_profiles)
+        # Its own thread: journeys do not queue behind audience evaluation.
+        rt.stitched_dispatcher = EventDispatcher(deliver_stitched,
+                                                 name="touchline-dispatch-stitched")
         rt.log = log
         rt.sink = LogSink(log)
         rt.pipeline = IngestPipeline(
@@ -187,5 +196,6 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
             batch_events=settings.ingest_batch_events, interval_ms=settings.ingest_interval_ms,
             dedupe_horizon_ms=settings.dedupe_hours * 3600 * 1000,
             on_commit=rt.dispatcher.submit, on_profiles=rt.dispatcher.submit_profiles,
+            on_stitched=rt.stitched_dispatcher.submit,
         )
     return rt

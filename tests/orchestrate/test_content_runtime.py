@@ -1,6 +1,6 @@
 """Content variants through a real runtime: REST apply (and its validation errors), API
 entries, the workers delivering to a loopback webhook from channels.yaml, goals from
-the on_events hook, then per-variant stats over REST and `touchline journey stats
+the on_stitched_events hook, then per-variant stats over REST and `touchline journey stats
 --variants`."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from servers import ProviderState, serve, webhook_app
 
 from touchline.cli import cli
 from touchline.config import load_settings
-from touchline.orchestrate.hooks import on_events, register_commands, workers
+from touchline.orchestrate.hooks import on_stitched_events, register_commands, workers
 from touchline.runtime import Runtime, open_runtime
 from touchline.server.app import create_app
 
@@ -94,7 +94,7 @@ def test_variants_end_to_end_rest_and_cli(runtime: Runtime, sink: ProviderState,
     assert len(sent) == 20
     now = runtime.clock.now_ms()
     buyers = [u for u in sent if u % 4 == 0]
-    on_events(runtime, pa.table({
+    on_stitched_events(runtime, pa.table({
         "project": ["default"] * len(buyers),
         "event_id": [f"p{u}" for u in buyers],
         "event": ["pay"] * len(buyers),

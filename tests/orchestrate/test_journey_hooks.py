@@ -1,4 +1,4 @@
-"""Journeys as a plugin: a real runtime, the REST routes, the on_events hook and the
+"""Journeys as a plugin: a real runtime, the REST routes, the on_stitched_events hook and the
 workers delivering to a loopback webhook receiver configured in channels.yaml."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from servers import ProviderState, serve, webhook_app
 
 from touchline.config import load_settings
-from touchline.orchestrate.hooks import journeys_for, on_events, workers
+from touchline.orchestrate.hooks import journeys_for, on_stitched_events, workers
 from touchline.orchestrate.outbox import get_consent
 from touchline.runtime import Runtime, open_runtime
 from touchline.server.app import create_app
@@ -76,7 +76,7 @@ def test_rest_apply_event_hook_and_delivery(runtime: Runtime, sink: ProviderStat
     assert applied.status_code == 201 and applied.json()["version"] == 1
 
     now = runtime.clock.now_ms()
-    on_events(runtime, events_table([
+    on_stitched_events(runtime, events_table([
         {"event_id": "e1", "event": "cancel_order", "user_id": 11, "time": now,
          "properties": {"order_id": "A1"}},
         {"event_id": "e2", "event": "view_menu", "user_id": 12, "time": now},

@@ -39,7 +39,7 @@ __all__ = [
     "api_routers",
     "journeys_for",
     "load_channels",
-    "on_events",
+    "on_stitched_events",
     "register_commands",
     "state_profiles",
     "state_schema",
@@ -147,7 +147,11 @@ def state_schema() -> dict[str, dict[str, list[str]]]:
 
 
 @hookimpl
-def on_events(runtime: Runtime, events: Any) -> None:
+def on_stitched_events(runtime: Runtime, events: Any) -> None:
+    # Journeys act on the events themselves and query nothing from the event store, so
+    # they take them before its commit. A replay after a crash between the two commits
+    # hands the same events again: entries are keyed by event id and a user who moved
+    # on from a wait no longer waits for it.
     import pyarrow as pa
     import pyarrow.compute as pc
 

@@ -98,6 +98,7 @@ class IngestPipeline:
         dedupe_horizon_ms: int = 48 * 3600 * 1000,
         on_commit: Callable[[pa.Table], None] | None = None,
         on_profiles: Callable[[dict[str, set[int]]], None] | None = None,
+        on_stitched: Callable[[pa.Table], None] | None = None,
     ) -> None:
         self._log = log
         self._state = state
@@ -108,6 +109,7 @@ class IngestPipeline:
         self._interval = interval_ms / 1000
         self._on_commit = on_commit
         self._on_profiles = on_profiles
+        self._on_stitched = on_stitched
         self._dedupe = DuplicateFilter(dedupe_horizon_ms)
         self._horizon_ms = dedupe_horizon_ms
         self._pruned_ms = 0
@@ -208,6 +210,13 @@ class IngestPipeline:
 
         outcome = self._apply_state(records, record_ends, end_offset)
         events = track_events_table(records, outcome.profile_ids)
+        if self._on_stitched is not None and events.num_rows:
+            # The event store's commit (tens of milliseconds) need not delay those who
+            # only act on the events.
+            try:
+                self._on_stitched(with_user_id(events))
+            except Exception:
+                log.exception("on_stitched subscriber failed")
         self._events.commit_batch(IngestBatch(
             events=events, offset=end_offset, profiles=outcome.profiles,
             identities=outcome.identities, items=outcome.items, user_map=outcome.user_map,
@@ -228,7 +237,7 @@ class IngestPipeline:
             )
         if self._on_commit is not None and events.num_rows:
             try:
-                self._on_commit(events.append_column("user_id", events.column("profile_id")))
+                self._on_commit(with_user_id(events))
             except Exception:  # a failing subscriber must not stop ingestion
                 log.exception("on_commit subscriber failed")
         if self._on_profiles is not None:
@@ -262,6 +271,11 @@ class IngestPipeline:
             if applied < end_offset:
                 tx.set_offset("ingest", end_offset)
         return _merge_outcomes(parts, split)
+
+
+def with_user_id(events: pa.Table) -> pa.Table:
+    """Events as subscribers see them: the stitched profile id also as ``user_id``."""
+    return events.append_column("user_id", events.column("profile_id"))
 
 
 def changed_profiles(records: Sequence[Record], outcome: StateOutcome) -> dict[str, set[int]]:

@@ -28,7 +28,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "touchline.analyze.hooks",
     "touchline.orchestrate.audience_hooks",
     "touchline.orchestrate.hooks",
-    "touchline.optimize.hooks",
 )
 
 

@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "touchline.analyze.hooks",
     "touchline.orchestrate.audience_hooks",
     "touchline.orchestrate.hooks",
+    "touchline.optimize.hooks",
 )
 
 

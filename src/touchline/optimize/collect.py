@@ -144,7 +144,9 @@ def goal_values(events: Any, project: str, data: JourneyData, converted: Iterabl
     users = sorted({uid for uid, _ in windows})
     table = table.filter(pc.is_in(table.column("user_id"), value_set=pa.array(users, pa.int64())))
     by_user: dict[int, list[tuple[str, str, int, dict[str, Any]]]] = {}
-    times = pc.cast(pc.cast(table.column("time"), pa.timestamp("ms")), pa.int64()).to_pylist()
+    # safe=False: a backend keeping microseconds must not fail the report over them.
+    times = pc.cast(pc.cast(table.column("time"), pa.timestamp("ms"), safe=False),
+                    pa.int64()).to_pylist()
     for eid, name, uid, t, props in zip(
             table.column("event_id").to_pylist(), table.column("event").to_pylist(),
             table.column("user_id").to_pylist(), times,

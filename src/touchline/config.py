@@ -71,10 +71,6 @@ SETTINGS: tuple[Setting, ...] = (
             "durability on power loss for speed; a process crash still loses nothing."),
     Setting("log_segment_bytes", int, 64 * 1024 * 1024,
             "Size at which the ingest log starts a new segment file."),
-    Setting("decode_processes", int, 1,
-            "Worker processes of `touchline serve` that decode collector request bodies "
-            "of 2 KB and more, so decoding does not compete with the ingest thread for "
-            "the server process's interpreter lock. 0 decodes in the server process."),
     Setting("ingest_batch_events", int, 20_000,
             "Most events the ingest worker moves from the log to the stores in one transaction."),
     Setting("ingest_interval_ms", int, 50,

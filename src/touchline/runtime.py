@@ -119,11 +119,6 @@ class StateProjects:
         self._refresh()
         return self._by_key.get(key)
 
-    def snapshot(self) -> tuple[Project, ...]:
-        """Every project, for collectors that decode in other processes."""
-        self._refresh()
-        return tuple(self._by_name.values())
-
 
 def _admin_token(settings: Settings) -> tuple[str, bool]:
     if settings.admin_token:

@@ -32,26 +32,6 @@ def sensors_batch(start: int, n: int, now_ms: int) -> dict[str, str]:
     return {"data_list": data, "gzip": "1"}
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:  # fields: state, ppid, ...
-            out.append(int(stat.parent.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = start_server(data)
@@ -77,19 +57,12 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     for t in threads:
         t.start()
     time.sleep(3)
-    children = children_of(server.proc.pid)
-    assert children, "the server runs its decode workers as child processes"
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait()
     stop.set()
     for t in threads:
         t.join()
     assert len(acked) > 1000, "the load generator got too few acknowledgements to mean anything"
-    # The server's children (decode workers) leave with it rather than linger.
-    deadline = time.monotonic() + 20
-    while any(alive(pid) for pid in children):
-        assert time.monotonic() < deadline, f"orphaned children: {children}"
-        time.sleep(0.1)
 
     restarted = start_server(data)
     try:

@@ -1,9 +1,4 @@
-"""The collector routes, through Starlette's TestClient, into a MemorySink.
-
-Every test runs twice: decoding in the server process, and in a pool of worker
-processes (what `touchline serve` does with `decode_processes` >= 1), which must answer
-byte for byte the same.
-"""
+"""The collector routes, through Starlette's TestClient, into a MemorySink."""
 
 from __future__ import annotations
 
@@ -12,7 +7,7 @@ import base64
 import gzip
 import json
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -23,14 +18,8 @@ from starlette.testclient import TestClient
 from touchline.clock import VirtualClock
 from touchline.config import load_settings
 from touchline.errors import InvalidInput, StoreError
-from touchline.server.collect import (
-    TRANSPARENT_GIF,
-    CollectOptions,
-    DecodeOffload,
-    collect_router,
-)
+from touchline.server.collect import TRANSPARENT_GIF, CollectOptions, collect_router
 from touchline.track.decode import java_string_hash
-from touchline.track.decode_pool import DecodePool
 from touchline.track.records import Record
 from touchline.track.sink import MemorySink, Project, StaticProjects
 
@@ -38,37 +27,14 @@ NOW = 1_800_000_000_000
 PROJECTS = StaticProjects([Project("default", "wk_default"), Project("shop", "wk_shop")])
 
 
-# The decode pool of the current test, or None (set by the autouse fixture below).
-POOL: DecodePool | None = None
-
-
 class Harness:
     def __init__(self, sink: Any = None, options: CollectOptions | None = None) -> None:
         self.sink: Any = sink or MemorySink()
         self.reported: list[tuple[str, list[InvalidInput]]] = []
-        # min_bytes=0: every body goes to the pool, however small.
-        offload = None if POOL is None else DecodeOffload(
-            PROJECTS.snapshot, POOL, min_bytes=0)
         router = collect_router(sink=self.sink, projects=PROJECTS, clock=VirtualClock(NOW),
-                                options=options, offload=offload,
+                                options=options,
                                 on_errors=lambda p, e: self.reported.append((p, list(e))))
         self.client = TestClient(router, raise_server_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[DecodePool]:
-    p = DecodePool(1)
-    p.warm_up()
-    yield p
-    p.close()
-
-
-@pytest.fixture(autouse=True, params=["inline", "pool"])
-def decode_where(request: pytest.FixtureRequest) -> Iterator[str]:
-    global POOL
-    POOL = request.getfixturevalue("pool") if request.param == "pool" else None
-    yield request.param
-    POOL = None
 
 
 @pytest.fixture
@@ -231,15 +197,9 @@ class SlowSink:
         await asyncio.sleep(0.05)
         self.done.extend(records)
 
-    async def submit_payload(self, payload: bytes) -> None:
-        await self.submit([Record.from_dict(d) for d in json.loads(payload)])
-
 
 class BrokenSink:
     async def submit(self, records: Sequence[Record]) -> None:
-        raise StoreError("disk full")
-
-    async def submit_payload(self, payload: bytes) -> None:
         raise StoreError("disk full")
 
 

@@ -23,8 +23,6 @@ from fastapi import FastAPI
 from .. import __version__
 from ..errors import InvalidInput
 from ..runtime import Runtime
-from ..track.decode_pool import DecodePool
-from .collect import CollectOptions, DecodeOffload, collect_routes
 from .errors import install_error_handlers
 
 __all__ = ["SERVER_FILE", "create_app", "read_server_file", "serve"]
@@ -35,21 +33,13 @@ log = logging.getLogger("touchline.collect")
 
 
 def create_app(runtime: Runtime, *, start_workers: bool = True) -> FastAPI:
-    options = CollectOptions.from_settings(runtime.settings)
-    offload = DecodeOffload(runtime.projects.snapshot)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await asyncio.to_thread(_start_decode_pool, int(runtime.settings.decode_processes))
-        offload.pool = pool
         if start_workers:
             runtime.start_workers()
         try:
             yield
         finally:
-            offload.pool = None
-            if pool is not None:
-                await asyncio.to_thread(pool.close)
             if start_workers:
                 await asyncio.to_thread(runtime.stop_workers)
 
@@ -63,6 +53,8 @@ def create_app(runtime: Runtime, *, start_workers: bool = True) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
 
+    from .collect import collect_routes
+
     def on_errors(protocol: str, errors: Sequence[InvalidInput]) -> None:
         log.info("%s: %d record(s) refused, first: %s", protocol, len(errors), errors[0])
         if runtime.pipeline is not None:
@@ -70,22 +62,13 @@ def create_app(runtime: Runtime, *, start_workers: bool = True) -> FastAPI:
 
     for route in collect_routes(
         sink=runtime.sink, projects=runtime.projects, clock=runtime.clock,
-        options=options, on_errors=on_errors, offload=offload,
+        settings=runtime.settings, on_errors=on_errors,
     ):
         app.router.routes.append(route)
     for routers in runtime.plugins.hook.api_routers(runtime=runtime):
         for router in routers or []:
             app.include_router(router)
     return app
-
-
-def _start_decode_pool(processes: int) -> DecodePool | None:
-    if processes <= 0:
-        return None
-    pool = DecodePool(processes)
-    # Spawn the workers before the first request rather than during it.
-    pool.warm_up()
-    return pool
 
 
 def read_server_file(data_dir: Path) -> dict[str, object] | None:

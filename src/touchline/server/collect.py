@@ -27,7 +27,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,17 +38,13 @@ from ..clock import Clock
 from ..config import Settings
 from ..errors import AuthError, InvalidInput, PayloadError, StoreError
 from ..track.decode import CollectRequest, Decoded
-from ..track.decode_pool import DecodePool, Encoded
 from ..track.native import decode_native
 from ..track.posthog import POSTHOG_PATHS, decode_posthog
 from ..track.segment import MAX_BATCH_BYTES, SEGMENT_PATHS, decode_segment
 from ..track.sensors import decode_sensors
-from ..track.sink import Project, ProjectDirectory, Sink
+from ..track.sink import ProjectDirectory, Sink
 
-__all__ = [
-    "TRANSPARENT_GIF", "CollectOptions", "DecodeOffload", "collect_router", "collect_routes",
-    "decoders",
-]
+__all__ = ["TRANSPARENT_GIF", "CollectOptions", "collect_router", "collect_routes"]
 
 log = logging.getLogger("touchline.collect")
 
@@ -60,11 +55,8 @@ TRANSPARENT_GIF = bytes.fromhex(
 ErrorReporter = Callable[[str, Sequence[InvalidInput]], None]
 Handler = Callable[[Request], Awaitable[Response]]
 
-# Bodies above this size are decoded in a worker thread (without a decode pool).
+# Bodies above this size are decoded in a worker thread.
 THREAD_DECODE_BYTES = 64 * 1024
-# Bodies from this size on go to the decode pool when there is one. Below it (a
-# browser's single event) the round trip to a worker costs more than the decoding.
-POOL_DECODE_BYTES = 2 * 1024
 
 _ALLOWED_HEADERS = "Content-Type, Content-Encoding, Dry-Run, Authorization, X-Requested-With"
 
@@ -94,37 +86,20 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def decoders(options: CollectOptions) -> dict[str, Callable[..., Decoded]]:
-    """The decoder of each protocol, as :class:`DecodePool` workers need them too."""
-    return {
-        "sensors": functools.partial(decode_sensors, time_window=options.time_window),
-        "segment": decode_segment,
-        "posthog": decode_posthog,
-        "native": decode_native,
-    }
-
-
-@dataclass(slots=True)
-class DecodeOffload:
-    """A decode pool (set once it runs), where to snapshot the projects from, and the
-    smallest body worth the trip to a worker."""
-
-    projects: Callable[[], tuple[Project, ...]]
-    pool: DecodePool | None = None
-    min_bytes: int = POOL_DECODE_BYTES
-
-
 class _Collector:
     def __init__(self, sink: Sink, projects: ProjectDirectory, clock: Clock,
-                 options: CollectOptions, on_errors: ErrorReporter,
-                 offload: DecodeOffload | None = None) -> None:
+                 options: CollectOptions, on_errors: ErrorReporter) -> None:
         self.sink = sink
         self.projects = projects
         self.clock = clock
         self.options = options
         self.on_errors = on_errors
-        self.decoders = decoders(options)
-        self.offload = offload
+        self.decoders: dict[str, Callable[..., Decoded]] = {
+            "sensors": functools.partial(decode_sensors, time_window=options.time_window),
+            "segment": decode_segment,
+            "posthog": decode_posthog,
+            "native": decode_native,
+        }
 
     async def read(self, request: Request) -> CollectRequest:
         limit = self.options.max_body_bytes
@@ -146,35 +121,12 @@ class _Collector:
             body=b"".join(chunks),
         )
 
-    async def decode(self, protocol: str, req: CollectRequest) -> Decoded | Encoded:
-        offload = self.offload
-        if offload is not None and offload.pool is not None and len(req.body) >= offload.min_bytes:
-            encoded = await self.decode_in_pool(offload.pool, offload.projects, protocol, req)
-            if encoded is not None:
-                return encoded
+    async def decode(self, protocol: str, req: CollectRequest) -> Decoded:
         if len(req.body) > THREAD_DECODE_BYTES:
             # A big batch takes milliseconds of CPU: keep the event loop serving
             # the other connections meanwhile.
             return await asyncio.to_thread(self.decode_now, protocol, req)
         return self.decode_now(protocol, req)
-
-    async def decode_in_pool(self, pool: DecodePool, projects: Callable[[], tuple[Project, ...]],
-                             protocol: str, req: CollectRequest) -> Encoded | None:
-        """Decode in a worker process; None means: decode here instead."""
-        try:
-            encoded = await pool.decode(decoders, self.options, protocol, req, projects(),
-                                        self.clock.now_ms(), self.options.extra_junk)
-        except (PayloadError, AuthError):
-            raise
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory): serve on without the pool.
-            log.error("the decode pool is broken; decoding in the server process")
-            self.offload = None
-            return None
-        except Exception as exc:
-            log.error("%s: decoder failed on a request in the pool: %r", protocol, exc)
-            raise PayloadError("body", f"could not be decoded ({type(exc).__name__})") from exc
-        return None if encoded.missed_lookup else encoded
 
     def decode_now(self, protocol: str, req: CollectRequest) -> Decoded:
         decoder = self.decoders[protocol]
@@ -189,13 +141,10 @@ class _Collector:
             log.exception("%s: decoder failed on a request", protocol)
             raise PayloadError("body", f"could not be decoded ({type(exc).__name__})") from exc
 
-    async def submit(self, protocol: str, decoded: Decoded | Encoded) -> None:
+    async def submit(self, protocol: str, decoded: Decoded) -> None:
         if decoded.errors:
             self.on_errors(protocol, decoded.errors)
-        if isinstance(decoded, Encoded):
-            if decoded.payload:
-                await self.sink.submit_payload(decoded.payload)
-        elif decoded.records and not decoded.dry_run:
+        if decoded.records and not decoded.dry_run:
             await self.sink.submit(decoded.records)
 
     # -- Sensors ---------------------------------------------------------------
@@ -278,7 +227,7 @@ class _Collector:
         except PayloadError as exc:
             return _native_error(400, exc)
         await self.submit("native", decoded)
-        body: dict[str, Any] = {"accepted": decoded.count,
+        body: dict[str, Any] = {"accepted": len(decoded.records),
                                 "errors": decoded.error_dicts()}
         if decoded.dry_run:
             body["dry_run"] = True
@@ -354,14 +303,12 @@ def collect_routes(
     settings: Settings | None = None,
     options: CollectOptions | None = None,
     on_errors: ErrorReporter | None = None,
-    offload: DecodeOffload | None = None,
 ) -> list[BaseRoute]:
     """The collector's routes. ``options`` wins over ``settings``; with neither,
-    the defaults apply. ``on_errors`` hears of every refused record (default: log).
-    With ``offload``, bodies of :data:`POOL_DECODE_BYTES` and more decode in its pool."""
+    the defaults apply. ``on_errors`` hears of every refused record (default: log)."""
     if options is None:
         options = CollectOptions.from_settings(settings) if settings else CollectOptions()
-    c = _Collector(sink, projects, clock, options, on_errors or _log_errors, offload)
+    c = _Collector(sink, projects, clock, options, on_errors or _log_errors)
     all_methods = ["GET", "POST", "OPTIONS"]
     routes: list[BaseRoute] = []
     for path in ("/sa", "/sa.gif", "/debug"):
@@ -383,9 +330,8 @@ def collect_router(
     settings: Settings | None = None,
     options: CollectOptions | None = None,
     on_errors: ErrorReporter | None = None,
-    offload: DecodeOffload | None = None,
 ) -> Router:
     """The collector as a Starlette Router (an ASGI app of its own)."""
     return Router(routes=collect_routes(sink=sink, projects=projects, clock=clock,
                                         settings=settings, options=options,
-                                        on_errors=on_errors, offload=offload))
+                                        on_errors=on_errors))

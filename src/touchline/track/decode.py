@@ -87,10 +87,6 @@ class Decoded:
     dry_run: bool = False
     project: str | None = None
 
-    @property
-    def count(self) -> int:
-        return len(self.records)
-
     def refuse(self, index: int | None, error: InvalidInput) -> None:
         error.index = index
         # Keep the message in step with the index, which was unknown when raised.

@@ -27,7 +27,7 @@ from ..errors import InvalidInput
 from ..store.batch import EVENT_SCHEMA, IngestBatch, StateOutcome
 from .dedupe import DuplicateFilter, event_key
 from .log import IngestLog
-from .records import Record, encode_records
+from .records import Record
 
 __all__ = [
     "IngestPipeline", "IngestStats", "LogSink", "changed_profiles", "encode_records",
@@ -35,6 +35,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("touchline.ingest")
+
+
+def encode_records(records: Sequence[Record]) -> bytes:
+    """The log payload for one accepted request."""
+    return orjson.dumps([r.to_dict() for r in records])
 
 
 class LogSink:
@@ -50,11 +55,6 @@ class LogSink:
     def submit_sync(self, records: Sequence[Record]) -> None:
         if records:
             self._log.append_sync(encode_records(records))
-
-    async def submit_payload(self, payload: bytes) -> None:
-        """Accept records already encoded by :func:`encode_records` (decode workers)."""
-        if payload:
-            await self._log.append(payload)
 
 
 @dataclass

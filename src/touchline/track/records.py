@@ -9,7 +9,6 @@ durable log, identity stitching, profiles, the event store) sees only records.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +21,6 @@ __all__ = [
     "RESERVED_PROPERTIES",
     "Record",
     "RecordKind",
-    "encode_records",
     "is_junk_id",
 ]
 
@@ -103,8 +101,3 @@ class Record:
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.to_dict())
-
-
-def encode_records(records: Sequence[Record]) -> bytes:
-    """The ingest log's payload for one accepted request."""
-    return orjson.dumps([r.to_dict() for r in records])

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import orjson
-
 from .records import Record
 
 __all__ = ["MemorySink", "Project", "ProjectDirectory", "Sink", "StaticProjects"]
@@ -23,10 +21,6 @@ class Project:
 class Sink(Protocol):
     async def submit(self, records: Sequence[Record]) -> None:
         """Accept records; return only once they are durable (on disk)."""
-        ...
-
-    async def submit_payload(self, payload: bytes) -> None:
-        """The same for records already encoded by :func:`records.encode_records`."""
         ...
 
 
@@ -45,9 +39,6 @@ class MemorySink:
     async def submit(self, records: Sequence[Record]) -> None:
         self.records.extend(records)
 
-    async def submit_payload(self, payload: bytes) -> None:
-        self.records.extend(Record.from_dict(d) for d in orjson.loads(payload))
-
 
 class StaticProjects:
     """A fixed set of projects: for tests."""
@@ -61,6 +52,3 @@ class StaticProjects:
 
     def by_write_key(self, key: str) -> Project | None:
         return self._by_key.get(key)
-
-    def snapshot(self) -> tuple[Project, ...]:
-        return tuple(self._by_name.values())

@@ -100,6 +100,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Threads DuckDB runs a query on; 0 means one per core."),
     Setting("query_timeout_s", float, 30.0, "Time limit of a read-only query."),
     Setting("query_max_rows", int, 100_000, "Most rows a query through the API returns."),
+    Setting("message_costs", str, "",
+            "Cost of one sent message per channel, for journey reports' cost and ROI when a "
+            "request names none, e.g. webhook=0,sms=0.05,wechat=0.01."),
     Setting("delivery_concurrency", int, 32,
             "Messages the delivery worker sends at once, across channels (it claims up to 8 "
             "times as many ahead). Raise it for providers that answer slowly."),

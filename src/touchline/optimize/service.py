@@ -98,7 +98,7 @@ def request_from(runtime: Runtime, project: str, *, goal: str | None,
     if cost is None:
         # The deployment's price list (the `message_costs` setting) when the request
         # names none.
-        cost = str(getattr(runtime.settings, "message_costs", "") or "")
+        cost = str(runtime.settings.message_costs or "")
     return ReportRequest(
         goal=goal or None, value_property=value_property or None,
         costs=parse_costs(cost), start_ms=parse_moment(start, "from", zone),

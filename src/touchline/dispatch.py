@@ -2,8 +2,11 @@
 
 Subscribers run on their own thread, so a slow one never holds back ingestion: while
 they work, newly committed batches queue up and are handed over together as one
-table (and one set of changed profiles). Stopping delivers everything already
-committed before returning.
+table (and one set of changed profiles). The queue is bounded: past
+``max_pending_rows`` queued events, ``submit`` waits, so a subscriber that cannot keep
+up slows ingestion down (the acknowledged events wait in the durable log) instead of
+piling tables up in memory. Stopping delivers everything already committed before
+returning.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ ProfileChanges = dict[str, set[int]]
 class EventDispatcher:
     def __init__(self, deliver: Callable[[pa.Table], None],
                  deliver_profiles: Callable[[ProfileChanges], None] | None = None,
-                 *, name: str = "touchline-dispatch") -> None:
+                 *, name: str = "touchline-dispatch",
+                 max_pending_rows: int = 500_000) -> None:
         self._name = name
+        self._max_rows = max_pending_rows
+        self._pending_rows = 0
         self._deliver = deliver
         self._deliver_profiles = deliver_profiles
         self._pending: list[pa.Table] = []
@@ -41,8 +47,11 @@ class EventDispatcher:
             self._call(table)  # not started (CLI, tests): deliver in the caller
             return
         with self._cond:
+            while self._pending_rows >= self._max_rows and not self._stopping:
+                self._cond.wait()
             self._pending.append(table)
-            self._cond.notify()
+            self._pending_rows += table.num_rows
+            self._cond.notify_all()
 
     def submit_profiles(self, changed: Mapping[str, set[int]]) -> None:
         if self._deliver_profiles is None or not changed:
@@ -53,7 +62,7 @@ class EventDispatcher:
         with self._cond:
             for project, users in changed.items():
                 self._profiles.setdefault(project, set()).update(users)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def start(self) -> None:
         self._stopping = False
@@ -63,7 +72,7 @@ class EventDispatcher:
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -81,6 +90,10 @@ class EventDispatcher:
                 self._call(pa.concat_tables(batch) if len(batch) > 1 else batch[0])
             if profiles:
                 self._call_profiles(profiles)
+            # Only now is the batch's memory free: waiting submitters may go on.
+            with self._cond:
+                self._pending_rows -= sum(t.num_rows for t in batch)
+                self._cond.notify_all()
 
     def _call_profiles(self, changed: ProfileChanges) -> None:
         assert self._deliver_profiles is not None

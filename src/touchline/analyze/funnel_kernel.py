@@ -21,8 +21,12 @@ only possible through a barred attempt is dropped (``out_k = -1``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
+
+from .spread import spread
 
 __all__ = ["NONE", "funnel_any", "funnel_fast", "funnel_ordered"]
 
@@ -333,7 +337,7 @@ def _highbit(b):
     return _DEBRUIJN[(v * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fast_groups(
     g_lo, g_hi, gstart, times, codes, lut, extra, use_extra, n_steps, window, t_from, t_to,
     attr_step, out_k, out_start, out_dur, out_first_row, out_last_row, out_attr_row,
@@ -440,16 +444,19 @@ def _fast_groups(
             rr[j] = -1
 
 
-@njit(cache=True)
 def funnel_fast(
-    gstart, times, codes, lut, extra, use_extra, n_steps, window, t_from, t_to, attr_step,
-    out_k, out_start, out_dur, out_first_row, out_last_row, out_attr_row,
-):
+    gstart: Any, times: Any, codes: Any, lut: Any, extra: Any, use_extra: bool, n_steps: int,
+    window: int, t_from: int, t_to: int, attr_step: int, out_k: Any, out_start: Any,
+    out_dur: Any, out_first_row: Any, out_last_row: Any, out_attr_row: Any,
+) -> None:
     """:func:`funnel_ordered` for the common case (ordered, no exclusions, rows in
     cache order), with one state per step and steps found by table lookup, so the cost
     per event is the number of steps it matches. Every output of every group is
-    written. (Groups are independent and could be spread over threads; on the shared
-    2-core machine it was measured, numba's threads gained nothing.)"""
-    _fast_groups(0, gstart.shape[0] - 1, gstart, times, codes, lut, extra, use_extra, n_steps,
-                 window, t_from, t_to, attr_step, out_k, out_start, out_dur, out_first_row,
-                 out_last_row, out_attr_row)
+    written. Groups are independent: ranges of them run on threads of their own."""
+
+    def run(lo: int, hi: int) -> None:
+        _fast_groups(lo, hi, gstart, times, codes, lut, extra, use_extra, n_steps, window,
+                     t_from, t_to, attr_step, out_k, out_start, out_dur, out_first_row,
+                     out_last_row, out_attr_row)
+
+    spread(run, gstart.shape[0] - 1)

@@ -11,8 +11,12 @@ funnel pass lives in :mod:`.funnel_kernel`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
+
+from .spread import spread
 
 __all__ = ["interval_pass", "lifecycle_pass", "paths_pass", "retention_pass", "rfm_pass"]
 
@@ -303,14 +307,24 @@ def interval_pass(ustart, times, is_a, is_b, t_from, t_to, each, out_ms, out_use
     return n_out
 
 
-@njit(cache=True)
-def rfm_pass(ustart, times, codes, lut, extra, use_extra, m_codes, m_values, has_m, t_from,
-             t_to, out_last, out_f, out_m):
+def rfm_pass(ustart: Any, times: Any, codes: Any, lut: Any, extra: Any, use_extra: bool,
+             m_codes: Any, m_values: Any, has_m: bool, t_from: int, t_to: int, out_last: Any,
+             out_f: Any, out_m: Any) -> None:
     """Per user, over the selected events in ``[t_from, t_to)``: the last time, the count
     and the sum of the monetary value (``m_values[m_codes[row]]``, NaN and unset as 0).
-    One thread: on a shared machine numba's thread pool cost more than it saved."""
-    n_users = ustart.shape[0] - 1
-    for u in range(n_users):
+    Ranges of users run on threads of their own."""
+
+    def run(lo: int, hi: int) -> None:
+        _rfm_users(lo, hi, ustart, times, codes, lut, extra, use_extra, m_codes, m_values,
+                   has_m, t_from, t_to, out_last, out_f, out_m)
+
+    spread(run, ustart.shape[0] - 1)
+
+
+@njit(cache=True, nogil=True)
+def _rfm_users(u_lo, u_hi, ustart, times, codes, lut, extra, use_extra, m_codes, m_values,
+               has_m, t_from, t_to, out_last, out_f, out_m):
+    for u in range(u_lo, u_hi):
         last = np.int64(-(2**62))
         f = 0
         m = 0.0

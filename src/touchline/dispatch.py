@@ -30,8 +30,11 @@ class EventDispatcher:
     def __init__(self, deliver: Callable[[pa.Table], None],
                  deliver_profiles: Callable[[ProfileChanges], None] | None = None,
                  *, name: str = "touchline-dispatch",
-                 max_pending_rows: int = 500_000) -> None:
+                 max_pending_rows: int = 500_000,
+                 on_delivered: Callable[[int], None] | None = None) -> None:
         self._name = name
+        self._on_delivered = on_delivered
+        self._offset: int | None = None
         self._max_rows = max_pending_rows
         self._pending_rows = 0
         self._deliver = deliver
@@ -42,16 +45,30 @@ class EventDispatcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def submit(self, table: pa.Table) -> None:
+    def submit(self, table: pa.Table, offset: int | None = None) -> None:
+        """Queue a batch's events; ``offset`` (the ingest log position the batch ends
+        at) reaches ``on_delivered`` once the batch and all before it are delivered."""
         if self._thread is None:
-            self._call(table)  # not started (CLI, tests): deliver in the caller
+            # Not started (CLI, tests): deliver in the caller.
+            if table.num_rows:
+                self._call(table)
+            self._delivered(offset)
             return
         with self._cond:
             while self._pending_rows >= self._max_rows and not self._stopping:
                 self._cond.wait()
             self._pending.append(table)
             self._pending_rows += table.num_rows
+            if offset is not None:
+                self._offset = offset if self._offset is None else max(self._offset, offset)
             self._cond.notify_all()
+
+    def _delivered(self, offset: int | None) -> None:
+        if offset is not None and self._on_delivered is not None:
+            try:
+                self._on_delivered(offset)
+            except Exception:  # the position is re-recorded with the next batch
+                log.exception("recording the delivered position %d failed", offset)
 
     def submit_profiles(self, changed: Mapping[str, set[int]]) -> None:
         if self._deliver_profiles is None or not changed:
@@ -86,10 +103,13 @@ class EventDispatcher:
                     return
                 batch, self._pending = self._pending, []
                 profiles, self._profiles = self._profiles, {}
-            if batch:
-                self._call(pa.concat_tables(batch) if len(batch) > 1 else batch[0])
+                offset, self._offset = self._offset, None
+            rows = [t for t in batch if t.num_rows]
+            if rows:
+                self._call(pa.concat_tables(rows) if len(rows) > 1 else rows[0])
             if profiles:
                 self._call_profiles(profiles)
+            self._delivered(offset)
             # Only now is the batch's memory free: waiting submitters may go on.
             with self._cond:
                 self._pending_rows -= sum(t.num_rows for t in batch)

@@ -140,7 +140,7 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
     from .store.events import open_event_store
     from .store.state import open_state_store
     from .track.identity import use_identity_cache
-    from .track.ingest import IngestPipeline, LogSink
+    from .track.ingest import STITCHED_CURSOR, IngestPipeline, LogSink
     from .track.log import IngestLog
     from .track.stitch import StitchPolicy
 
@@ -180,10 +180,16 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
         def deliver_stitched(table: pa.Table) -> None:
             pm.hook.on_stitched_events(runtime=rt, events=table)
 
+        def stitched_done(offset: int) -> None:
+            # Every on_stitched_events subscriber has returned for the log up to here.
+            with state.transaction() as tx:
+                tx.set_offset(STITCHED_CURSOR, offset)
+
         rt.dispatcher = EventDispatcher(deliver, deliver_profiles)
         # Its own thread: journeys do not queue behind audience evaluation.
         rt.stitched_dispatcher = EventDispatcher(deliver_stitched,
-                                                 name="touchline-dispatch-stitched")
+                                                 name="touchline-dispatch-stitched",
+                                                 on_delivered=stitched_done)
         rt.log = log
         rt.sink = LogSink(log)
         rt.pipeline = IngestPipeline(

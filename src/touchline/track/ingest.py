@@ -30,6 +30,7 @@ from .log import IngestLog
 from .records import Record
 
 __all__ = [
+    "STITCHED_CURSOR",
     "IngestPipeline", "IngestStats", "LogSink", "changed_profiles", "encode_records",
     "track_events_table",
 ]
@@ -98,7 +99,7 @@ class IngestPipeline:
         dedupe_horizon_ms: int = 48 * 3600 * 1000,
         on_commit: Callable[[pa.Table], None] | None = None,
         on_profiles: Callable[[dict[str, set[int]]], None] | None = None,
-        on_stitched: Callable[[pa.Table], None] | None = None,
+        on_stitched: Callable[[pa.Table, int], None] | None = None,
     ) -> None:
         self._log = log
         self._state = state
@@ -110,10 +111,15 @@ class IngestPipeline:
         self._on_commit = on_commit
         self._on_profiles = on_profiles
         self._on_stitched = on_stitched
+        # Where the stitched subscribers (journeys) are: the log is kept from there, and
+        # a restart hands them again what a crash took from them (see _replay_stitched).
+        self._replay_from: int | None = None
         self._dedupe = DuplicateFilter(dedupe_horizon_ms)
         self._horizon_ms = dedupe_horizon_ms
         self._pruned_ms = 0
         self._offset: int = int(events.get_offset("ingest"))
+        if on_stitched is not None:
+            self._replay_from = self._init_stitched_cursor()
         self.stats = IngestStats()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -141,6 +147,58 @@ class IngestPipeline:
 
     # -- running ------------------------------------------------------------------
 
+    def _release_floor(self, end_offset: int) -> int:
+        """How much of the log may go: what every store and the stitched subscribers
+        are done with."""
+        if self._on_stitched is None:
+            return end_offset
+        with self._state.transaction(read_only=True) as tx:
+            cursor = tx.find_offset(STITCHED_CURSOR)
+        return end_offset if cursor is None else min(end_offset, cursor)
+
+    def _init_stitched_cursor(self) -> int | None:
+        with self._state.transaction() as tx:
+            cursor = tx.find_offset(STITCHED_CURSOR)
+            if cursor is None:  # a new data directory, or one from before the cursor
+                tx.set_offset(STITCHED_CURSOR, self._offset)
+                return None
+        return cursor if cursor < self._offset else None
+
+    def _replay_stitched(self, start: int) -> None:
+        """Hand the stitched subscribers the batches they had not finished when the
+        process stopped: from their cursor to where the stores are. The records were
+        applied already, so they are only resolved again (read-only)."""
+        from .stitch import resolve_records
+
+        assert self._on_stitched is not None
+        count = 0
+        while start < self._offset:
+            entries = self._read_entries(start, self._offset)
+            if not entries:
+                break
+            end = entries[-1][0]
+            records = [Record.from_dict(d) for _, recs in entries for d in recs]
+            with self._state.transaction(read_only=True) as tx:
+                outcome = resolve_records(tx, records, self._policy)
+            events = track_events_table(records, outcome.profile_ids)
+            self._on_stitched(with_user_id(events), end)
+            count += events.num_rows
+            start = end
+        log.info("handed %d events again to the stitched subscribers after a restart", count)
+
+    def _read_entries(self, start: int, stop: int) -> list[tuple[int, list[dict[str, Any]]]]:
+        entries: list[tuple[int, list[dict[str, Any]]]] = []
+        count = 0
+        for end, payload in self._log.read(start):
+            if end > stop:
+                break
+            recs = orjson.loads(payload)
+            entries.append((end, recs))
+            count += len(recs)
+            if count >= self._batch_events or end == stop:
+                break
+        return entries
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="touchline-ingest", daemon=True)
         self._thread.start()
@@ -154,6 +212,13 @@ class IngestPipeline:
         self.drain()
 
     def _run(self) -> None:
+        if self._replay_from is not None:
+            start, self._replay_from = self._replay_from, None
+            try:
+                with self._step_lock:
+                    self._replay_stitched(start)
+            except Exception:
+                log.exception("handing unfinished batches to the stitched subscribers failed")
         while not self._stopping.is_set():
             try:
                 if self.step() == 0:
@@ -210,11 +275,11 @@ class IngestPipeline:
 
         outcome = self._apply_state(records, record_ends, end_offset)
         events = track_events_table(records, outcome.profile_ids)
-        if self._on_stitched is not None and events.num_rows:
+        if self._on_stitched is not None:
             # The event store's commit (tens of milliseconds) need not delay those who
-            # only act on the events.
+            # only act on the events. An empty batch goes too: it moves their cursor.
             try:
-                self._on_stitched(with_user_id(events))
+                self._on_stitched(with_user_id(events), end_offset)
             except Exception:
                 log.exception("on_stitched subscriber failed")
         self._events.commit_batch(IngestBatch(
@@ -222,7 +287,7 @@ class IngestPipeline:
             identities=outcome.identities, items=outcome.items, user_map=outcome.user_map,
         ))
         self._offset = end_offset
-        self._log.release(end_offset)
+        self._log.release(self._release_floor(end_offset))
         self._dedupe.expire(self._clock.now_ms())
 
         self.stats.records += len(records)
@@ -271,6 +336,10 @@ class IngestPipeline:
             if applied < end_offset:
                 tx.set_offset("ingest", end_offset)
         return _merge_outcomes(parts, split)
+
+
+STITCHED_CURSOR = "stitched"
+"""The state-store offset of the log position the stitched subscribers have finished."""
 
 
 def with_user_id(events: pa.Table) -> pa.Table:

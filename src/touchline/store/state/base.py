@@ -183,6 +183,11 @@ class StateTx:
         r = self.fetchone("SELECT value FROM offsets WHERE name = ?", (name,))
         return 0 if r is None else int(r[0])
 
+    def find_offset(self, name: str) -> int | None:
+        """The offset recorded under ``name``; None when never set."""
+        r = self.fetchone("SELECT value FROM offsets WHERE name = ?", (name,))
+        return None if r is None else int(r[0])
+
     def set_offset(self, name: str, value: int) -> None:
         self.execute(
             "INSERT INTO offsets (name, value) VALUES (?, ?) "

@@ -149,6 +149,15 @@ class Splits:
             at = cell.find("/", at + 1)
         return cell, None
 
+    def open_among(self, cell: str, users: I64) -> tuple[str, Bool] | None:
+        """:meth:`open` with the label mask taken over ``users`` (dense indexes): the
+        base cell and which of ``users`` the label keeps (all of them with no label)."""
+        opened = self.open(cell)
+        if opened is None:
+            return None
+        base, mask = opened
+        return base, (np.ones(len(users), bool) if mask is None else mask[users])
+
 
 def user_splits(
     cache: EventCache, raw: Any, resolver: SegmentResolver | None, project: str, what: str, *,

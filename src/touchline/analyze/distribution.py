@@ -84,11 +84,10 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
         data["breakdown"] = splits.parts(body)
 
     def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
-        opened = splits.open(cell)
+        opened = splits.open_among(cell, users)
         if opened is None:
             return None
-        base, mask = opened
-        pick = np.ones(len(users), bool) if mask is None else mask[users]
+        base, pick = opened
         if base == "users":
             return i64(users[pick])
         kind, _, arg = base.partition(":")

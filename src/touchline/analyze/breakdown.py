@@ -23,6 +23,7 @@ import numpy.typing as npt
 from ..errors import InvalidInput
 from ..track.records import NAME_RE
 from .cache import EventCache
+from .result import i64
 
 __all__ = ["NONE_LABEL", "OTHER_LABEL", "Breakdown", "SegmentResolver", "Splits",
            "deciding_rows", "parse_breakdown", "user_splits"]
@@ -157,6 +158,26 @@ class Splits:
             return None
         base, mask = opened
         return base, (np.ones(len(users), bool) if mask is None else mask[users])
+
+
+def bucket_cells(splits: Splits, users: I64, bucket: I64, n_buckets: int
+                 ) -> Callable[[str], I64 | None]:
+    """The cell opener of a per-user histogram: ``users`` (with a breakdown label,
+    ``users/LABEL``) and ``bucket:N``, ``bucket[i]`` being the bucket of ``users[i]``."""
+
+    def cell_users(cell: str) -> I64 | None:
+        opened = splits.open_among(cell, users)
+        if opened is None:
+            return None
+        base, pick = opened
+        if base == "users":
+            return i64(users[pick])
+        kind, _, arg = base.partition(":")
+        if kind != "bucket" or not arg.isdigit() or int(arg) >= n_buckets:
+            return None
+        return i64(users[pick & (bucket == int(arg))])
+
+    return cell_users
 
 
 def user_splits(

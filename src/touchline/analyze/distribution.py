@@ -17,9 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInput
-from .breakdown import user_splits
+from .breakdown import bucket_cells, user_splits
 from .context import Context, parse_event_sel
-from .result import Result, i64, lazy_frame, pct
+from .result import Result, lazy_frame, pct
 
 __all__ = ["DEFAULT_BUCKETS", "bucket_rows", "run"]
 
@@ -83,17 +83,7 @@ def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
     if splits:
         data["breakdown"] = splits.parts(body)
 
-    def cell_users(cell: str) -> npt.NDArray[np.int64] | None:
-        opened = splits.open_among(cell, users)
-        if opened is None:
-            return None
-        base, pick = opened
-        if base == "users":
-            return i64(users[pick])
-        kind, _, arg = base.partition(":")
-        if kind != "bucket" or not arg.isdigit() or int(arg) >= len(edges):
-            return None
-        return i64(users[pick & (idx == int(arg))])
+    cell_users = bucket_cells(splits, users, idx, len(edges))
 
     return Result("distribution", ctx.common.project, data,
                   {"buckets": lazy_frame(data["buckets"])}, cell_users, cache)

@@ -375,3 +375,19 @@ def smtp_sink(*, idle_timeout_s: float = 300.0) -> Iterator[SmtpSink]:
         yield sink
     finally:
         controller.stop()
+
+
+@contextlib.contextmanager
+def webhook_runtime(data: Any, sink: ProviderState, *, ingest: bool = True,
+                    **settings: Any) -> Iterator[Any]:
+    """A runtime on ``data`` whose ``app`` channel posts to the loopback ``sink``."""
+    from touchline.config import load_settings
+    from touchline.runtime import open_runtime
+
+    (data / "channels.yaml").write_text(
+        f"app: {{type: webhook, url: '{sink.base_url}/hook', secret: s3cret}}\n")
+    rt = open_runtime(load_settings(data, env={}, **settings), ingest=ingest)
+    try:
+        yield rt
+    finally:
+        rt.close()

@@ -14,12 +14,11 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from servers import ProviderState, serve, webhook_app
+from servers import ProviderState, serve, webhook_app, webhook_runtime
 
 from touchline.cli import cli
-from touchline.config import load_settings
 from touchline.orchestrate.hooks import on_stitched_events, register_commands, workers
-from touchline.runtime import Runtime, open_runtime
+from touchline.runtime import Runtime
 from touchline.server.app import create_app
 
 TOKEN = "content-test-token"
@@ -49,13 +48,8 @@ def sink() -> Iterator[ProviderState]:
 
 @pytest.fixture
 def runtime(tmp_path: Path, sink: ProviderState) -> Iterator[Runtime]:
-    (tmp_path / "channels.yaml").write_text(
-        f"app: {{type: webhook, url: '{sink.base_url}/hook', secret: s3cret}}\n")
-    rt = open_runtime(load_settings(tmp_path, env={}, admin_token=TOKEN), ingest=False)
-    try:
+    with webhook_runtime(tmp_path, sink, ingest=False, admin_token=TOKEN) as rt:
         yield rt
-    finally:
-        rt.close()
 
 
 def test_variants_end_to_end_rest_and_cli(runtime: Runtime, sink: ProviderState,

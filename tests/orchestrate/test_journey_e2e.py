@@ -9,15 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import ProviderState, serve, webhook_app
+from servers import ProviderState, serve, webhook_app, webhook_runtime
 
-from touchline.config import load_settings
 from touchline.orchestrate.hooks import journeys_for
 from touchline.orchestrate.simulate import simulate_runtime
 from touchline.orchestrate.stats import journey_stats
 from touchline.orchestrate.storage import apply_journey
 from touchline.orchestrate.validate import parse_journey
-from touchline.runtime import Runtime, open_runtime
+from touchline.runtime import Runtime
 from touchline.track.records import Record
 
 JOURNEY = """
@@ -48,14 +47,9 @@ def sink() -> Iterator[ProviderState]:
 
 @pytest.fixture
 def runtime(tmp_path: Path, sink: ProviderState) -> Iterator[Runtime]:
-    (tmp_path / "channels.yaml").write_text(
-        f"app: {{type: webhook, url: '{sink.base_url}/hook', secret: s3cret}}\n")
-    rt = open_runtime(load_settings(tmp_path, env={}, admin_token="t", log_fsync=False,
-                                    ingest_interval_ms=10))
-    try:
+    with webhook_runtime(tmp_path, sink, admin_token="t", log_fsync=False,
+                         ingest_interval_ms=10) as rt:
         yield rt
-    finally:
-        rt.close()
 
 
 def track(user: str, event: str, t: int, eid: str, **props: object) -> Record:

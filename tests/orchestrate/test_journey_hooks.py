@@ -12,12 +12,11 @@ import orjson
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
-from servers import ProviderState, serve, webhook_app
+from servers import ProviderState, serve, webhook_app, webhook_runtime
 
-from touchline.config import load_settings
 from touchline.orchestrate.hooks import journeys_for, on_stitched_events, workers
 from touchline.orchestrate.outbox import get_consent
-from touchline.runtime import Runtime, open_runtime
+from touchline.runtime import Runtime
 from touchline.server.app import create_app
 
 TOKEN = "journey-test-token"
@@ -43,13 +42,8 @@ def sink() -> Iterator[ProviderState]:
 
 @pytest.fixture
 def runtime(tmp_path: Path, sink: ProviderState) -> Iterator[Runtime]:
-    (tmp_path / "channels.yaml").write_text(
-        f"app: {{type: webhook, url: '{sink.base_url}/hook', secret: s3cret}}\n")
-    rt = open_runtime(load_settings(tmp_path, env={}, admin_token=TOKEN), ingest=False)
-    try:
+    with webhook_runtime(tmp_path, sink, ingest=False, admin_token=TOKEN) as rt:
         yield rt
-    finally:
-        rt.close()
 
 
 def events_table(rows: list[dict[str, Any]]) -> pa.Table:

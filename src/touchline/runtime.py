@@ -139,6 +139,7 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
     from .plugins import plugin_manager
     from .store.events import open_event_store
     from .store.state import open_state_store
+    from .track.decode import DecodeOptions
     from .track.identity import use_identity_cache
     from .track.ingest import STITCHED_CURSOR, IngestPipeline, LogSink
     from .track.log import IngestLog
@@ -198,5 +199,6 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
             dedupe_horizon_ms=settings.dedupe_hours * 3600 * 1000,
             on_commit=rt.dispatcher.submit, on_profiles=rt.dispatcher.submit_profiles,
             on_stitched=rt.stitched_dispatcher.submit,
+            projects=StateProjects(state), decode_options=DecodeOptions.from_settings(settings),
         )
     return rt

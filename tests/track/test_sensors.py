@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from touchline.errors import AuthError, PayloadError
-from touchline.track.decode import CollectRequest, Decoded, java_string_hash
-from touchline.track.sensors import decode_sensors
+from touchline.track.decode import CollectRequest, DecodeOptions, Decoded, java_string_hash
+from touchline.track.raw import RawBatch, is_raw_entry
+from touchline.track.sensors import decode_sensors, decode_sensors_raw, sensors_raw_batch
 from touchline.track.sink import Project, StaticProjects
 
 NOW = 1_800_000_000_000
@@ -359,3 +360,60 @@ def test_fuzz_valid_records_decode_alike_through_every_transport(
         event, distinct, when, {"anonymous_id": distinct})
     assert r.properties == props
     assert r.event_id == post(python_form(rec)).records[0].event_id
+
+
+# -- requests logged undecoded (the collector's path in front of the durable log) --------
+
+
+def logged_then_decoded(body: bytes, project: str | None = "default", **kw: Any) -> Decoded:
+    """What the pipeline makes of a request the collector wrote to the log undecoded."""
+    req = CollectRequest("POST", "/sa", {"project": project} if project else {}, {}, body)
+    payload = sensors_raw_batch(req, NOW).encode()
+    assert is_raw_entry(payload)
+    return decode_sensors_raw(RawBatch.decode(payload), PROJECTS, DecodeOptions(**kw))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(record_values, max_size=5), st.sampled_from(["default", "shop", "ghost", None]))
+def test_logged_batches_decode_exactly_as_the_collector_would(
+    batch: list[dict[str, Any]], project: str | None
+) -> None:
+    at_once = post(python_form(batch), project)
+    later = logged_then_decoded(python_form(batch), project)
+    assert later.records == at_once.records
+    assert [(e.index, e.field, e.rule) for e in later.errors] == [
+        (e.index, e.field, e.rule) for e in at_once.errors]
+
+
+def test_logged_batches_follow_the_decoding_options() -> None:
+    old = track(time=NOW - 3 * 365 * 86_400_000, distinct_id="KIOSK-1")
+    assert len(logged_then_decoded(python_form([old])).errors) == 1
+    out = logged_then_decoded(python_form([old]), time_window=False,
+                              extra_junk=frozenset({"kiosk-1"}))
+    assert [(e.index, e.field) for e in out.errors] == [(0, "distinct_id")]
+
+
+def test_a_record_nested_past_the_serializer_is_refused_alone() -> None:
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    out = logged_then_decoded(python_form([track(), track(extra=deep), track(event="B")]))
+    assert [r.event for r in out.records] == ["ViewProduct", "B"]
+    assert [(e.index, e.field) for e in out.errors] == [(1, "record")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from(["data", "data_list", "raw"]), st.booleans())
+def test_fuzz_logged_path_raises_nothing_but_payload_errors(
+    blob: bytes, field: str, b64: bool
+) -> None:
+    if field == "raw":
+        body = blob
+    else:
+        value = base64.b64encode(blob).decode() if b64 else blob.decode("latin-1")
+        body = urllib.parse.urlencode({field: value}).encode()
+    try:
+        out = logged_then_decoded(body)
+    except PayloadError:
+        return
+    assert all(e.index is not None for e in out.errors)

@@ -13,8 +13,12 @@ records are durable), in the shape that protocol's clients expect:
 - native: POST ``/api/v1/events?project=P``; 200 ``{"accepted": N, "errors": [...]}``.
 
 Bad input never gets a 5xx. Sensors' normal path answers 200 even for records it
-refuses (Android resends forever on 403/404/5xx, and deletes on other codes), and
-reports them to ``on_errors``; its debug path answers 400 with the errors. Segment,
+refuses (Android resends forever on 403/404/5xx, and deletes on other codes). With a
+sink that takes raw batches (the ingest log), that path checks only the transport and
+the JSON syntax before acknowledging, and the pipeline validates the records and
+reports the refused ones (see :mod:`touchline.track.raw`); otherwise they are
+reported to ``on_errors``. Its debug path and ``Dry-Run`` always validate at once
+and the debug path answers 400 with the errors. Segment,
 PostHog and native answer 400 (with ``code`` and ``message``) when the request as
 a whole cannot be decoded and 401 for a wrong key. Every reply carries CORS
 headers; ``OPTIONS`` allows the ``Dry-Run`` header, and ``Dry-Run: true``
@@ -37,11 +41,12 @@ from starlette.routing import BaseRoute, Route, Router
 from ..clock import Clock
 from ..config import Settings
 from ..errors import AuthError, InvalidInput, PayloadError, StoreError
-from ..track.decode import CollectRequest, Decoded
+from ..track.decode import CollectRequest, Decoded, DecodeOptions, is_dry_run
 from ..track.native import decode_native
 from ..track.posthog import POSTHOG_PATHS, decode_posthog
+from ..track.raw import RawBatch, RawSink
 from ..track.segment import MAX_BATCH_BYTES, SEGMENT_PATHS, decode_segment
-from ..track.sensors import decode_sensors
+from ..track.sensors import decode_sensors, sensors_raw_batch
 from ..track.sink import ProjectDirectory, Sink
 
 __all__ = ["TRANSPARENT_GIF", "CollectOptions", "collect_router", "collect_routes"]
@@ -71,11 +76,8 @@ class CollectOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CollectOptions:
-        junk = str(settings.junk_ids or "")
-        return cls(
-            time_window=bool(settings.sensors_time_window),
-            extra_junk=frozenset(v.strip().lower() for v in junk.split(",") if v.strip()),
-        )
+        decoding = DecodeOptions.from_settings(settings)
+        return cls(time_window=decoding.time_window, extra_junk=decoding.extra_junk)
 
 
 def _log_errors(protocol: str, errors: Sequence[InvalidInput]) -> None:
@@ -94,6 +96,8 @@ class _Collector:
         self.clock = clock
         self.options = options
         self.on_errors = on_errors
+        # A sink that validates later takes Sensors' normal path undecoded (raw.py).
+        self.raw_sink = sink if isinstance(sink, RawSink) else None
         self.decoders: dict[str, Callable[..., Decoded]] = {
             "sensors": functools.partial(decode_sensors, time_window=options.time_window),
             "segment": decode_segment,
@@ -141,6 +145,18 @@ class _Collector:
             log.exception("%s: decoder failed on a request", protocol)
             raise PayloadError("body", f"could not be decoded ({type(exc).__name__})") from exc
 
+    async def sensors_raw(self, req: CollectRequest) -> RawBatch:
+        now = self.clock.now_ms()
+        try:
+            if len(req.body) > THREAD_DECODE_BYTES:
+                return await asyncio.to_thread(sensors_raw_batch, req, now)
+            return sensors_raw_batch(req, now)
+        except PayloadError:
+            raise
+        except Exception as exc:
+            log.exception("sensors: transport decoding failed on a request")
+            raise PayloadError("body", f"could not be decoded ({type(exc).__name__})") from exc
+
     async def submit(self, protocol: str, decoded: Decoded) -> None:
         if decoded.errors:
             self.on_errors(protocol, decoded.errors)
@@ -158,8 +174,12 @@ class _Collector:
                 return Response(TRANSPARENT_GIF, media_type="image/gif")
             return Response(b"", status_code=200)
 
+        raw_sink = None if debug else self.raw_sink
         try:
             req = await self.read(request)
+            if raw_sink is not None and not is_dry_run(req):
+                await raw_sink.submit_raw(await self.sensors_raw(req))
+                return ok()
             decoded = await self.decode("sensors", req)
         except _BodyTooLarge:
             return _errors_response([PayloadError("body", "request too large")], 413)

@@ -22,7 +22,7 @@ import urllib.parse
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import xxhash
@@ -30,10 +30,14 @@ import xxhash
 from ..errors import InvalidInput, PayloadError
 from .records import Record
 
+if TYPE_CHECKING:
+    from ..config import Settings
+
 __all__ = [
     "MAX_DECODED_BYTES",
     "MAX_JSON_DEPTH",
     "CollectRequest",
+    "DecodeOptions",
     "Decoded",
     "b64decode",
     "basic_auth_user",
@@ -56,6 +60,22 @@ MAX_DECODED_BYTES = 20 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    """The settings record validation follows, wherever it runs (collector or pipeline)."""
+
+    time_window: bool = True
+    extra_junk: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeOptions:
+        junk = str(settings.junk_ids or "")
+        return cls(
+            time_window=bool(settings.sensors_time_window),
+            extra_junk=frozenset(v.strip().lower() for v in junk.split(",") if v.strip()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,11 +217,18 @@ def java_string_hash(text: str) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
-def content_hash(value: Any) -> str:
-    """A stable id for a JSON value: the hash of its canonical (key-sorted) form."""
+def content_hash(value: Any, *, strict: bool = False) -> str:
+    """A stable id for a JSON value: the hash of its canonical (key-sorted) form.
+
+    A value the serializer refuses (too deep, not JSON) is hashed by its ``repr``,
+    or raises ValueError when ``strict``: a ``repr`` of a deep value can itself
+    exhaust the recursion limit.
+    """
     try:
         canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError):
+        if strict:
+            raise ValueError("value cannot be serialized as JSON") from None
         canonical = repr(value).encode("utf-8", "replace")
     return xxhash.xxh3_128_hexdigest(canonical)
 

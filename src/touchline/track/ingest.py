@@ -25,9 +25,13 @@ import pyarrow as pa
 from ..clock import Clock
 from ..errors import InvalidInput
 from ..store.batch import EVENT_SCHEMA, IngestBatch, StateOutcome
+from .decode import Decoded, DecodeOptions
 from .dedupe import DuplicateFilter, event_key
 from .log import IngestLog
+from .raw import RawBatch, is_raw_entry
 from .records import Record
+from .sensors import decode_sensors_raw
+from .sink import ProjectDirectory
 
 __all__ = [
     "STITCHED_CURSOR",
@@ -36,6 +40,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("touchline.ingest")
+
+RawDecoder = Callable[[RawBatch, ProjectDirectory, DecodeOptions], Decoded]
+
+# The protocols whose collector logs requests undecoded (see raw.py).
+RAW_DECODERS: dict[str, RawDecoder] = {"sensors": decode_sensors_raw}
 
 
 def encode_records(records: Sequence[Record]) -> bytes:
@@ -52,6 +61,9 @@ class LogSink:
     async def submit(self, records: Sequence[Record]) -> None:
         if records:
             await self._log.append(encode_records(records))
+
+    async def submit_raw(self, batch: RawBatch) -> None:
+        await self._log.append(batch.encode())
 
     def submit_sync(self, records: Sequence[Record]) -> None:
         if records:
@@ -100,8 +112,12 @@ class IngestPipeline:
         on_commit: Callable[[pa.Table], None] | None = None,
         on_profiles: Callable[[dict[str, set[int]]], None] | None = None,
         on_stitched: Callable[[pa.Table, int], None] | None = None,
+        projects: ProjectDirectory | None = None,
+        decode_options: DecodeOptions | None = None,
     ) -> None:
         self._log = log
+        self._projects = projects
+        self._decode_options = decode_options or DecodeOptions()
         self._state = state
         self._events = events
         self._policy = policy
@@ -177,7 +193,7 @@ class IngestPipeline:
             if not entries:
                 break
             end = entries[-1][0]
-            records = [Record.from_dict(d) for _, recs in entries for d in recs]
+            records = [r for _, recs in entries for r in recs]
             with self._state.transaction(read_only=True) as tx:
                 outcome = resolve_records(tx, records, self._policy)
             events = track_events_table(records, outcome.profile_ids)
@@ -186,13 +202,40 @@ class IngestPipeline:
             start = end
         log.info("handed %d events again to the stitched subscribers after a restart", count)
 
-    def _read_entries(self, start: int, stop: int) -> list[tuple[int, list[dict[str, Any]]]]:
-        entries: list[tuple[int, list[dict[str, Any]]]] = []
+    def _records_of(self, payload: bytes, *, report: bool) -> list[Record]:
+        """The records of one log entry; a raw entry is validated here, and its
+        refused records reported (once: not again when replayed)."""
+        if not is_raw_entry(payload):
+            return [Record.from_dict(d) for d in orjson.loads(payload)]
+        batch = RawBatch.decode(payload)
+        decoder = RAW_DECODERS.get(batch.protocol)
+        if decoder is None or self._projects is None:
+            raise InvalidInput("log entry", f"no decoder for raw {batch.protocol!r} batches")
+        try:
+            decoded = decoder(batch, self._projects, self._decode_options)
+        except InvalidInput as exc:  # the collector checked this much: never expected
+            self.stats.collector_rejected(batch.protocol, [exc])
+            return []
+        except Exception as exc:
+            # As in the collector: whatever escaped a decoder came from the input.
+            # Refuse the entry rather than retry it forever.
+            log.exception("%s: decoder failed on a logged batch", batch.protocol)
+            self.stats.collector_rejected(batch.protocol, [InvalidInput(
+                "body", f"could not be decoded ({type(exc).__name__})")])
+            return []
+        if report and decoded.errors:
+            log.info("%s: %d record(s) refused, first: %s", batch.protocol,
+                     len(decoded.errors), decoded.errors[0])
+            self.stats.collector_rejected(batch.protocol, decoded.errors)
+        return decoded.records
+
+    def _read_entries(self, start: int, stop: int) -> list[tuple[int, list[Record]]]:
+        entries: list[tuple[int, list[Record]]] = []
         count = 0
         for end, payload in self._log.read(start):
             if end > stop:
                 break
-            recs = orjson.loads(payload)
+            recs = self._records_of(payload, report=False)
             entries.append((end, recs))
             count += len(recs)
             if count >= self._batch_events or end == stop:
@@ -246,10 +289,10 @@ class IngestPipeline:
 
     def _step(self) -> int:
         start = self._offset
-        entries: list[tuple[int, list[dict[str, Any]]]] = []
+        entries: list[tuple[int, list[Record]]] = []
         count = 0
         for end, payload in self._log.read(start):
-            recs = orjson.loads(payload)
+            recs = self._records_of(payload, report=True)
             entries.append((end, recs))
             count += len(recs)
             if count >= self._batch_events:
@@ -261,9 +304,8 @@ class IngestPipeline:
         records: list[Record] = []
         record_ends: list[int] = []
         for end, recs in entries:
-            for d in recs:
-                records.append(Record.from_dict(d))
-                record_ends.append(end)
+            records.extend(recs)
+            record_ends.extend([end] * len(recs))
 
         fresh = self._dedupe.filter(
             [event_key(r.project, r.event_id) for r in records], [r.received_ms for r in records]

@@ -1,0 +1,58 @@
+"""Sensors requests logged undecoded: validated by the pipeline, refusals reported there."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from touchline.config import load_settings
+from touchline.runtime import open_runtime
+from touchline.track.decode import CollectRequest
+from touchline.track.sensors import decode_sensors, sensors_raw_batch
+
+
+def request(records: list[dict[str, Any]], project: str = "default") -> CollectRequest:
+    body = base64.b64encode(gzip.compress(json.dumps(records).encode())).decode()
+    return CollectRequest(method="POST", path="/sa", query={"project": project}, headers={},
+                          body=f"data_list={body}&gzip=1".encode())
+
+
+def test_raw_and_decoded_entries_apply_side_by_side(tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+
+    def rec(event: str, **over: Any) -> dict[str, Any]:
+        return {"type": "track", "event": event, "time": now, "distinct_id": "m1",
+                "properties": {"$is_login_id": True}, **over}
+
+    raw = [rec("view_menu"), rec("pay", properties={"date": "x"}), rec("dine"),
+           rec("order", distinct_id="undefined")]
+    rt = open_runtime(load_settings(tmp_path, env={}))
+    try:
+        asyncio.run(rt.sink.submit_raw(sensors_raw_batch(request(raw), now)))
+        rt.sink.submit_sync(decode_sensors(request([rec("feedback")]), rt.projects, now).records)
+        asyncio.run(rt.sink.submit_raw(sensors_raw_batch(request([rec("x")], "ghost"), now)))
+        rt.pipeline.drain()
+        stats = rt.pipeline.stats
+        assert stats.rejected == 3
+        assert [(i["index"], i["field"]) for i in stats.recent_issues] == [
+            (1, "properties.date"), (3, "distinct_id"), (0, "project")]
+        result = rt.events.query("default", "SELECT event FROM events ORDER BY event",
+                                 timeout_s=10, max_rows=10)
+        assert [r[0] for r in result.rows] == ["dine", "feedback", "view_menu"]
+    finally:
+        rt.close()
+    # Reopened: nothing is applied or reported twice.
+    rt = open_runtime(load_settings(tmp_path, env={}))
+    try:
+        rt.pipeline.drain()
+        assert rt.pipeline.stats.rejected == 0
+        result = rt.events.query("default", "SELECT count(*) FROM events", timeout_s=10,
+                                 max_rows=10)
+        assert result.rows[0][0] == 3
+    finally:
+        rt.close()

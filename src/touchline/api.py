@@ -9,6 +9,7 @@ Arrow tables.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,46 @@ class Touchline:
         from .analyze.service import run_analysis
 
         return run_analysis(self.runtime, kind, spec)
+
+    def import_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        project: str = "default",
+        fmt: str = "sensors",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Bulk-load one file as ``touchline import`` does: the report as a dict (lines,
+        loaded, rejected, duplicates, issues with line numbers). With a server running,
+        the file is sent to it; ``progress(bytes_sent, bytes_total)`` follows the upload."""
+        source = Path(path)
+        if self._http is None:
+            from .track.importer import import_files
+            from .track.stitch import StitchPolicy
+
+            if self.runtime.projects.by_name(project) is None:
+                raise NotFound(f"project {project!r} does not exist")
+            return import_files(
+                [source], project=project, fmt=fmt, event_store=self.runtime.events,
+                state_store=self.runtime.state, clock=self.runtime.clock,
+                policy=StitchPolicy.from_settings(self.settings),
+                time_window=self.settings.sensors_time_window,
+            ).as_dict()
+        total = source.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            with source.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sent += len(chunk)
+                    yield chunk
+                    if progress is not None:
+                        progress(sent, total)
+
+        return dict(self._call(
+            "POST", "/api/v1/import", content=chunks(), timeout=None,
+            params={"project": project, "format": fmt, "name": source.name},
+        ))
 
     def close(self) -> None:
         if self._http is not None:

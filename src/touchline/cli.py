@@ -174,17 +174,6 @@ def query(settings: Settings, sql: str, project: str, fmt: str) -> None:
         Console().print(table)
 
 
-def _refuse_if_served(settings: Settings) -> None:
-    from .server.app import read_server_file
-
-    info = read_server_file(settings.data_dir)
-    if info is not None:
-        raise click.ClickException(
-            f"a server (pid {info['pid']}) owns {settings.data_dir}; the embedded event store "
-            "admits one process: stop it first, or send the data to its collector"
-        )
-
-
 def import_progress(description: str) -> Any:
     """A rich progress bar fed by the importer's progress callback."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -214,10 +203,14 @@ def import_cmd(settings: Settings, files: tuple[str, ...], project: str, fmt: st
                show_rejects: int) -> None:
     """Bulk-load files through the same validation and stitching as the collector."""
     from .runtime import open_runtime
+    from .server.app import read_server_file
     from .track.importer import import_files
     from .track.stitch import StitchPolicy
 
-    _refuse_if_served(settings)
+    if read_server_file(settings.data_dir) is not None:
+        # The server owns the embedded stores: it imports what it is sent.
+        _import_through_server(settings, files, project, fmt, show_rejects)
+        return
     runtime = open_runtime(settings, ingest=False)
     try:
         if runtime.projects.by_name(project) is None:
@@ -234,13 +227,40 @@ def import_cmd(settings: Settings, files: tuple[str, ...], project: str, fmt: st
         raise click.ClickException(str(exc)) from exc
     finally:
         runtime.close()
-    click.echo(f"loaded {report.loaded:,} of {report.lines:,} lines in {report.seconds:.1f} s "
-               f"({report.events_per_s:,.0f}/s); {report.rejected:,} rejected, "
-               f"{report.duplicates:,} duplicates")
-    for issue in report.issues[:show_rejects]:
-        click.echo(f"  {issue.path}:{issue.line}: {issue.field}: {issue.rule}")
-    if report.rejected > show_rejects:
-        click.echo(f"  ... and {report.rejected - show_rejects:,} more")
+    _print_report(report.as_dict(), show_rejects)
+
+
+def _import_through_server(settings: Settings, files: tuple[str, ...], project: str, fmt: str,
+                           show_rejects: int) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from .api import Touchline
+
+    try:
+        with Touchline(settings) as tl:
+            for path in files:
+                with Progress(TextColumn(f"sending {path} to the server"), BarColumn(),
+                              DownloadColumn()) as bar:
+                    task = bar.add_task(path, total=Path(path).stat().st_size)
+
+                    def sent_so_far(sent: int, total: int, task: Any = task) -> None:
+                        bar.update(task, completed=sent)
+
+                    report = tl.import_file(path, project=project, fmt=fmt,
+                                            progress=sent_so_far)
+                _print_report(report, show_rejects)
+    except TouchlineError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _print_report(report: dict[str, Any], show_rejects: int) -> None:
+    click.echo(f"loaded {report['loaded']:,} of {report['lines']:,} lines in "
+               f"{report['seconds']:.1f} s ({report['events_per_s']:,.0f}/s); "
+               f"{report['rejected']:,} rejected, {report['duplicates']:,} duplicates")
+    for issue in report["issues"][:show_rejects]:
+        click.echo(f"  {issue['path']}:{issue['line']}: {issue['field']}: {issue['rule']}")
+    if report["rejected"] > show_rejects:
+        click.echo(f"  ... and {report['rejected'] - show_rejects:,} more")
 
 
 def main() -> None:

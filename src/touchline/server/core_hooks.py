@@ -1,6 +1,7 @@
 """The customer data engine's own REST routes, shipped as a built-in plugin.
 
-Profiles and their timelines, read-only SQL, projects, health and ingest status.
+Profiles and their timelines, read-only SQL, projects, health, ingest status and bulk
+import into the running server.
 Collection endpoints live in :mod:`touchline.server.collect` and authenticate with
 the project's write key, as the SDKs do; everything here needs the admin token.
 """
@@ -8,15 +9,24 @@ the project's write key, as the SDKs do; everything here needs the admin token.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+import re
+import tempfile
+import threading
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidInput, NotFound
 from ..plugins import hookimpl
 from ..runtime import Runtime
 from .auth import admin
+
+if TYPE_CHECKING:
+    from ..track.importer import ImportReport
 
 __all__ = ["api_routers"]
 
@@ -120,7 +130,58 @@ def build_router() -> APIRouter:
         )
         return {"columns": result.columns, "rows": result.rows}
 
+    @r.post("/import", tags=["customer data"])
+    async def import_upload(
+        request: Request,
+        project: str = "default",
+        fmt: str = Query("sensors", alias="format",
+                         description="sensors, segment, csv or parquet"),
+        name: str = Query("upload", description="The file's name, for the report."),
+        rt: Runtime = Depends(admin),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Bulk-load the file sent as the body, as `touchline import` does without a
+        server: same validation and stitching, rejected lines reported by number. The
+        ingest pipeline waits while the import writes; collection goes on."""
+        from ..track.importer import FORMATS
+
+        _known_project(rt, project)
+        if fmt not in FORMATS:
+            raise InvalidInput("format", f"one of {', '.join(FORMATS)}")
+        directory = rt.data_dir / "imports"
+        directory.mkdir(exist_ok=True)
+        suffix = Path(name).suffix if _SUFFIX.match(Path(name).suffix) else ""
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in request.stream():
+                    f.write(chunk)
+            report = await asyncio.to_thread(_run_import, rt, Path(tmp), project, fmt)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        out = report.as_dict()
+        out["files"] = [name]
+        for issue in out["issues"]:
+            issue["path"] = name
+        return out
+
     return r
+
+
+_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+# One import at a time: each holds the ingest pipeline and rebuilds the project's replica.
+_IMPORT_LOCK = threading.Lock()
+
+
+def _run_import(rt: Runtime, path: Path, project: str, fmt: str) -> ImportReport:
+    from ..track.importer import import_files
+    from ..track.stitch import StitchPolicy
+
+    with _IMPORT_LOCK, rt.pipeline.paused() if rt.pipeline is not None else nullcontext():
+        return import_files(
+            [path], project=project, fmt=fmt, event_store=rt.events, state_store=rt.state,
+            clock=rt.clock, policy=StitchPolicy.from_settings(rt.settings),
+            time_window=rt.settings.sensors_time_window,
+        )
 
 
 @hookimpl

@@ -15,7 +15,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,6 +271,14 @@ class IngestPipeline:
                 self._failure = exc
                 log.exception("ingest batch failed; retrying")
                 self._stopping.wait(1.0)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the pipeline between two batches while something else writes the stores
+        (an import through the API). Collectors keep acknowledging into the log meanwhile;
+        the pipeline catches up afterwards."""
+        with self._step_lock:
+            yield
 
     def drain(self, timeout: float | None = None) -> None:
         """Apply every durable entry (for the demo, imports and tests)."""

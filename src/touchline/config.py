@@ -71,7 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
             "durability on power loss for speed; a process crash still loses nothing."),
     Setting("log_segment_bytes", int, 64 * 1024 * 1024,
             "Size at which the ingest log starts a new segment file."),
-    Setting("ingest_batch_events", int, 5_000,
+    Setting("ingest_batch_events", int, 10_000,
             "Most events the ingest worker moves from the log to the stores in one transaction."),
     Setting("ingest_interval_ms", int, 50,
             "Longest the idle ingest worker waits before looking at the log again; a newly "

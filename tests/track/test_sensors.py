@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from touchline.errors import AuthError, PayloadError
-from touchline.track.decode import CollectRequest, DecodeOptions, Decoded, java_string_hash
+from touchline.track.decode import CollectRequest, Decoded, DecodeOptions, java_string_hash
 from touchline.track.raw import RawBatch, is_raw_entry
 from touchline.track.sensors import decode_sensors, decode_sensors_raw, sensors_raw_batch
 from touchline.track.sink import Project, StaticProjects

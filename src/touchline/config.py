@@ -71,6 +71,10 @@ SETTINGS: tuple[Setting, ...] = (
             "durability on power loss for speed; a process crash still loses nothing."),
     Setting("log_segment_bytes", int, 64 * 1024 * 1024,
             "Size at which the ingest log starts a new segment file."),
+    Setting("ingest_max_lag_bytes", int, 8 * 1024 * 1024 * 1024,
+            "Most bytes of acknowledged log the ingest worker may be behind. Past it the "
+            "collector answers 503, which every SDK retries later, instead of filling the "
+            "disk; 0 means no limit."),
     Setting("ingest_batch_events", int, 10_000,
             "Most events the ingest worker moves from the log to the stores in one transaction."),
     Setting("ingest_interval_ms", int, 50,

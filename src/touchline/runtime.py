@@ -192,7 +192,8 @@ def open_runtime(settings: Settings, *, clock: Clock | None = None, ingest: bool
                                                  name="touchline-dispatch-stitched",
                                                  on_delivered=stitched_done)
         rt.log = log
-        rt.sink = LogSink(log)
+        rt.sink = LogSink(log, max_lag=settings.ingest_max_lag_bytes,
+                          applied=lambda: rt.pipeline.offset)
         rt.pipeline = IngestPipeline(
             log=log, state=state, events=events, policy=policy, clock=clock,
             batch_events=settings.ingest_batch_events, interval_ms=settings.ingest_interval_ms,

@@ -56,3 +56,34 @@ def test_raw_and_decoded_entries_apply_side_by_side(tmp_path: Path) -> None:
         assert result.rows[0][0] == 3
     finally:
         rt.close()
+
+
+def test_a_log_too_far_ahead_of_the_pipeline_answers_503(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from touchline.server.app import create_app
+
+    now = int(time.time() * 1000)
+    first, second = ([{"type": "track", "event": "view_menu", "time": now,
+                       "distinct_id": f"a{i}", "properties": {"i": i}} for i in range(start, start + 40)]
+                     for start in (0, 40))
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    limit = len(request(first).body)
+    rt = open_runtime(load_settings(tmp_path, env={}, ingest_max_lag_bytes=limit))
+    try:
+        with TestClient(create_app(rt, start_workers=False)) as client:
+            def send(records: list[dict[str, Any]]) -> Any:
+                return client.post("/sa?project=default", content=request(records).body,
+                                   headers=form)
+
+            assert send(first).status_code == 200
+            # The pipeline is stopped: the log is now past the limit.
+            refused = send(second)
+            assert refused.status_code == 503 and "behind" in refused.json()["message"]
+            rt.pipeline.drain()
+            assert send(second).status_code == 200  # what the SDK does: send again later
+            rt.pipeline.drain()
+        assert rt.events.query("default", "SELECT count(*) FROM events", timeout_s=10,
+                               max_rows=1).rows[0][0] == 80
+    finally:
+        rt.close()

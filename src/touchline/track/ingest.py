@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 
 from ..clock import Clock
-from ..errors import InvalidInput
+from ..errors import InvalidInput, StoreError
 from ..store.batch import EVENT_SCHEMA, IngestBatch, StateOutcome
 from .decode import Decoded, DecodeOptions
 from .dedupe import DuplicateFilter, event_key
@@ -54,20 +54,38 @@ def encode_records(records: Sequence[Record]) -> bytes:
 
 
 class LogSink:
-    """The collector's sink: a request's records become durable as one log entry."""
+    """The collector's sink: a request's records become durable as one log entry.
 
-    def __init__(self, log: IngestLog) -> None:
+    With ``max_lag`` set and ``applied`` telling where the pipeline is, a log that far
+    ahead of the pipeline refuses more (StoreError, which collectors answer with 503:
+    the SDKs keep the data and retry) rather than fill the disk.
+    """
+
+    def __init__(self, log: IngestLog, *, max_lag: int = 0,
+                 applied: Callable[[], int] | None = None) -> None:
         self._log = log
+        self._max_lag = max_lag
+        self._applied = applied
+
+    def _check_lag(self) -> None:
+        if self._max_lag and self._applied is not None:
+            lag = self._log.end_offset - self._applied()
+            if lag > self._max_lag:
+                raise StoreError(f"ingest is {lag:,} bytes behind (limit {self._max_lag:,}); "
+                                 "retry later")
 
     async def submit(self, records: Sequence[Record]) -> None:
         if records:
+            self._check_lag()
             await self._log.append(encode_records(records))
 
     async def submit_raw(self, batch: RawBatch) -> None:
+        self._check_lag()
         await self._log.append(batch.encode())
 
     def submit_sync(self, records: Sequence[Record]) -> None:
         if records:
+            self._check_lag()
             self._log.append_sync(encode_records(records))
 
 

@@ -198,7 +198,7 @@ def main() -> None:
         data.mkdir()
         proc, port = start_server(data)
         try:
-            n_req = int(args.seconds * 2000)  # more than the server can take in that time
+            n_req = int(args.seconds * 4000)  # more than the server can take in that time
             t0 = time.perf_counter()
             requests = make_requests(n_req, args.per_request, port, seed=1)
             print(f"prepared {n_req} requests in {time.perf_counter() - t0:.1f} s")

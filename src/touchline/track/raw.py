@@ -1,18 +1,18 @@
 """Requests made durable before their records are validated.
 
-Sensors' normal path answers 200 whatever its records hold (protocols.md: its
+Sensors' normal path answers 200 whatever its request holds (protocols.md: its
 clients resend forever on an error status and cannot be told which record of a
-batch was refused). So for it the collector only undoes the transport (form,
-base64, gzip, JSON syntax) and writes the request's JSON to the ingest log as it
-came; the ingest pipeline validates the records as it applies them and reports the
-refused ones in the ingest status, where the collector reported them before.
-Validation runs once either way; it just leaves the acknowledgement path, which
-then costs a few microseconds per event instead of tens.
+batch was refused). So for it the collector only undoes the form, the crc check and
+base64, and writes the request's JSON, still gzipped if it came so, to the ingest
+log; the ingest pipeline gunzips, parses and validates as it applies the batch and
+reports what it refuses (a whole batch, or records by index) in the ingest status,
+where the collector reported them before. The work runs once either way; it just
+leaves the acknowledgement path, which then costs a few microseconds per event
+instead of tens, and the log holds the compressed bytes.
 
 A raw log entry is one line of JSON (protocol, request project, receive time),
-a newline, then the body as sent. The body stays a separate JSON document: parsing
-it at apply time is exactly the parse that succeeded before the acknowledgement,
-so an entry that was acknowledged always decodes again.
+a newline, then the body: JSON text or gzip of it. Decoding a body never depends on
+anything but the entry, so a replay decodes it exactly as the first time.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class RawBatch:
     protocol: str
     project: str  # the request's project; a record may still name its own
     received_ms: int
-    body: bytes  # JSON text: a record or an array of records
+    body: bytes  # JSON text (a record or an array of records), or gzip of it
 
     def encode(self) -> bytes:
         head = orjson.dumps({"raw": self.protocol, "project": self.project,

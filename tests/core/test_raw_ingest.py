@@ -7,6 +7,7 @@ import base64
 import gzip
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,13 @@ from touchline.config import load_settings
 from touchline.runtime import open_runtime
 from touchline.track.decode import CollectRequest
 from touchline.track.sensors import decode_sensors, sensors_raw_batch
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine to the end on a fresh loop in its own thread (a test before
+    this one, Playwright's, may leave a loop running on the main thread)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def request(records: list[dict[str, Any]], project: str = "default") -> CollectRequest:
@@ -33,9 +41,9 @@ def test_raw_and_decoded_entries_apply_side_by_side(tmp_path: Path) -> None:
            rec("order", distinct_id="undefined")]
     rt = open_runtime(load_settings(tmp_path, env={}))
     try:
-        asyncio.run(rt.sink.submit_raw(sensors_raw_batch(request(raw), now)))
+        run_async(rt.sink.submit_raw(sensors_raw_batch(request(raw), now)))
         rt.sink.submit_sync(decode_sensors(request([rec("feedback")]), rt.projects, now).records)
-        asyncio.run(rt.sink.submit_raw(sensors_raw_batch(request([rec("x")], "ghost"), now)))
+        run_async(rt.sink.submit_raw(sensors_raw_batch(request([rec("x")], "ghost"), now)))
         rt.pipeline.drain()
         stats = rt.pipeline.stats
         assert stats.rejected == 3

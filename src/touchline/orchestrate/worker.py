@@ -13,6 +13,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+import uvloop
+
 from ..errors import StoreError
 from .engine import Engine, JourneyEvent, segment_event
 from .outbox import Outbox
@@ -153,7 +155,9 @@ class DeliveryWorker(_Loop):
         super().stop()
 
     def _main(self) -> None:
-        asyncio.run(self._run())
+        # uvloop: the channels' HTTP clients spend most of their time in the loop.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self._run())
 
     async def _run(self) -> None:
         try:

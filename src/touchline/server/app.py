@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import uvicorn
+import uvloop
 from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -173,6 +174,9 @@ def serve(runtime: Runtime, *, host: str, port: int, on_ready: str | None = None
         await task
 
     try:
-        asyncio.run(run())
+        # server.serve() in a loop of our own skips uvicorn's loop set-up: name the
+        # loop here, or asyncio's default one would run instead of uvloop.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run())
     finally:
         path.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from typing import Any
 from touchline.config import load_settings
 from touchline.runtime import open_runtime
 from touchline.track.decode import CollectRequest
+from touchline.track.raw import RawBatch
 from touchline.track.sensors import decode_sensors, sensors_raw_batch
 
 
@@ -44,11 +45,14 @@ def test_raw_and_decoded_entries_apply_side_by_side(tmp_path: Path) -> None:
         run_async(rt.sink.submit_raw(sensors_raw_batch(request(raw), now)))
         rt.sink.submit_sync(decode_sensors(request([rec("feedback")]), rt.projects, now).records)
         run_async(rt.sink.submit_raw(sensors_raw_batch(request([rec("x")], "ghost"), now)))
+        # Acknowledged like any Sensors request; found broken when applied.
+        run_async(rt.sink.submit_raw(RawBatch("sensors", "default", now, b"\x1f\x8bnot gzip")))
         rt.pipeline.drain()
         stats = rt.pipeline.stats
-        assert stats.rejected == 3
-        assert [(i["index"], i["field"]) for i in stats.recent_issues] == [
-            (1, "properties.date"), (3, "distinct_id"), (0, "project")]
+        assert stats.rejected == 4
+        assert [(i.get("index"), i["field"]) for i in stats.recent_issues] == [
+            (1, "properties.date"), (3, "distinct_id"), (0, "project"), (None, "data")]
+        assert "gzip" in stats.recent_issues[-1]["rule"]
         result = rt.events.query("default", "SELECT event FROM events ORDER BY event",
                                  timeout_s=10, max_rows=10)
         assert [r[0] for r in result.rows] == ["dine", "feedback", "view_menu"]

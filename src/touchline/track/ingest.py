@@ -232,16 +232,14 @@ class IngestPipeline:
             raise InvalidInput("log entry", f"no decoder for raw {batch.protocol!r} batches")
         try:
             decoded = decoder(batch, self._projects, self._decode_options)
-        except InvalidInput as exc:  # the collector checked this much: never expected
-            self.stats.collector_rejected(batch.protocol, [exc])
-            return []
+        except InvalidInput as exc:  # the batch as a whole: not gzip, not JSON
+            decoded = Decoded(errors=[exc])
         except Exception as exc:
             # As in the collector: whatever escaped a decoder came from the input.
             # Refuse the entry rather than retry it forever.
             log.exception("%s: decoder failed on a logged batch", batch.protocol)
-            self.stats.collector_rejected(batch.protocol, [InvalidInput(
+            decoded = Decoded(errors=[InvalidInput(
                 "body", f"could not be decoded ({type(exc).__name__})")])
-            return []
         if report and decoded.errors:
             log.info("%s: %d record(s) refused, first: %s", batch.protocol,
                      len(decoded.errors), decoded.errors[0])

@@ -14,9 +14,9 @@ records are durable), in the shape that protocol's clients expect:
 
 Bad input never gets a 5xx. Sensors' normal path answers 200 even for records it
 refuses (Android resends forever on 403/404/5xx, and deletes on other codes). With a
-sink that takes raw batches (the ingest log), that path checks only the transport and
-the JSON syntax before acknowledging, and the pipeline validates the records and
-reports the refused ones (see :mod:`touchline.track.raw`); otherwise they are
+sink that takes raw batches (the ingest log), that path undoes only the form, the
+crc check and base64 before acknowledging, and the pipeline gunzips, parses and
+validates and reports what it refuses (see :mod:`touchline.track.raw`); otherwise they are
 reported to ``on_errors``. Its debug path and ``Dry-Run`` always validate at once
 and the debug path answers 400 with the errors. Segment,
 PostHog and native answer 400 (with ``code`` and ``message``) when the request as

@@ -236,3 +236,24 @@ def test_fast_path_leaves_odd_leaves_to_python(
     result = fast_sensors(con, split_lines(line, 1), SensorsSchema(), project="default",
                           now_ms=NOW, time_window=True, extra_junk=frozenset())
     assert result.rows.num_rows == 0 and result.left == [0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12))
+def test_split_lines_marks_exactly_the_byte_wise_safe_lines(lines: list[bytes]) -> None:
+    """Per line, as a plain reading of the rule: starts with "{", not too long, no
+    control character or backslash, valid UTF-8."""
+    from touchline.track.bulk_json import MAX_LINE, split_lines
+
+    def safe(line: bytes) -> bool:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return (line.startswith(b"{") and len(line) <= MAX_LINE
+                and not any(b < 0x20 or b == 0x5C for b in line))
+
+    lines = [b"{" + line if i % 2 else line for i, line in enumerate(lines)]
+    split = split_lines(b"\n".join(lines), 1)
+    assert [split.line(i) for i in range(split.count)] == (lines or [b""])
+    assert split.safe.tolist() == [safe(line) for line in (lines or [b""])]

@@ -34,7 +34,6 @@ grows from samples of those lines, so a file's common shape quickly takes this p
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +73,8 @@ _FLUSH = "_flush_time"
 # Present and not null, these make a record something other than the common shape.
 _NOT_COMMON = ("identities", "login_id", "anonymous_id", "original_id")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_UNSAFE_BYTE = re.compile(rb"[\x00-\x09\x0b-\x1f\\]")
+# Every byte but control characters (other than the newline) and the backslash.
+_SAFE_BYTES = bytes(b for b in range(256) if b >= 0x20 and b != 0x5C) + b"\n"
 
 
 def _safe_key(key: Any) -> bool:
@@ -168,8 +168,9 @@ def split_lines(data: bytes, first: int) -> LineSplit:
     else:
         safe &= False
     # Control characters (other than the newlines) and backslashes: rare, so a scan
-    # in C first, and numpy to find their lines only when there are some.
-    if _UNSAFE_BYTE.search(data) is None:
+    # in C first (deleting the safe bytes, several times faster than a regex search),
+    # and numpy to find their lines only when there are some.
+    if not data.translate(None, _SAFE_BYTES):
         bad = np.zeros(0, dtype=np.int64)
     else:
         bad = np.flatnonzero(((arr < 0x20) & (arr != 10)) | (arr == 0x5C))

@@ -79,13 +79,14 @@ class KeySet:
 
         Generations are tiered by size (each at least twice the next): a new one is
         merged into the last while it is not smaller than half of it, so there are
-        O(log n) of them and every key is re-sorted O(log n) times. The generations
-        are disjoint, so a merge is a sort, without np.unique's hashing."""
+        O(log n) of them and every key is merged O(log n) times. The generations are
+        disjoint, so a merge is a sort, without np.unique's hashing; a stable sort (a
+        timsort) finds the two sorted runs and merges them in linear time."""
         if not len(sorted_keys):
             return
         generations = self._generations
         while generations and 2 * len(sorted_keys) >= len(generations[-1]):
-            sorted_keys = np.sort(np.concatenate([generations.pop(), sorted_keys]))
+            sorted_keys = np.sort(np.concatenate([generations.pop(), sorted_keys]), kind="stable")
         generations.append(sorted_keys)
 
 class IdOwners:

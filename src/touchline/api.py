@@ -135,17 +135,9 @@ class Touchline:
         the file is sent to it; ``progress(bytes_sent, bytes_total)`` follows the upload."""
         source = Path(path)
         if self._http is None:
-            from .track.importer import import_files
-            from .track.stitch import StitchPolicy
-
             if self.runtime.projects.by_name(project) is None:
                 raise NotFound(f"project {project!r} does not exist")
-            return import_files(
-                [source], project=project, fmt=fmt, event_store=self.runtime.events,
-                state_store=self.runtime.state, clock=self.runtime.clock,
-                policy=StitchPolicy.from_settings(self.settings),
-                time_window=self.settings.sensors_time_window,
-            ).as_dict()
+            return self.runtime.import_files([source], project=project, fmt=fmt).as_dict()
         total = source.stat().st_size
 
         def chunks() -> Iterator[bytes]:

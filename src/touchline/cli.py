@@ -204,8 +204,6 @@ def import_cmd(settings: Settings, files: tuple[str, ...], project: str, fmt: st
     """Bulk-load files through the same validation and stitching as the collector."""
     from .runtime import open_runtime
     from .server.app import read_server_file
-    from .track.importer import import_files
-    from .track.stitch import StitchPolicy
 
     if read_server_file(settings.data_dir) is not None:
         # The server owns the embedded stores: it imports what it is sent.
@@ -217,12 +215,7 @@ def import_cmd(settings: Settings, files: tuple[str, ...], project: str, fmt: st
             raise click.ClickException(f"project {project!r} does not exist")
         bar, update = import_progress("importing")
         with bar:
-            report = import_files(
-                list(files), project=project, fmt=fmt, event_store=runtime.events,
-                state_store=runtime.state, progress=update, clock=runtime.clock,
-                policy=StitchPolicy.from_settings(settings),
-                time_window=settings.sensors_time_window,
-            )
+            report = runtime.import_files(files, project=project, fmt=fmt, progress=update)
     except TouchlineError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

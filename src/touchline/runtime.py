@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from .clock import Clock, SystemClock
 from .config import Settings
 from .track.sink import Project
+
+if TYPE_CHECKING:
+    from .track.importer import ImportProgress, ImportReport
 
 __all__ = ["Runtime", "StateProjects", "open_runtime"]
 
@@ -47,6 +53,8 @@ class Runtime:
     admin_token: str = ""
     new_admin_token: bool = False
     _workers: list[Any] = field(default_factory=list)
+    # One import at a time: each holds the ingest pipeline and rebuilds the replica.
+    _import_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def data_dir(self) -> Path:
@@ -77,6 +85,36 @@ class Runtime:
         for worker in reversed(self._workers):
             worker.stop()
         self._workers.clear()
+
+    def import_files(
+        self, paths: Sequence[str | os.PathLike[str]], *, project: str, fmt: str,
+        progress: Callable[[ImportProgress], None] | None = None,
+        time_window: bool | None = None,
+    ) -> ImportReport:
+        """Bulk-load files (:func:`touchline.track.importer.import_files`) with this
+        data directory's stores, stitching policy and clock.
+
+        The ingest pipeline, if any, waits meanwhile, and then remembers the imported
+        event ids: a record acknowledged live but not applied yet, or sent again live
+        later, is then dropped as the duplicate it is."""
+        from .track.importer import import_files
+        from .track.stitch import StitchPolicy
+
+        pipeline = self.pipeline
+        with self._import_lock, pipeline.paused() if pipeline is not None else nullcontext():
+            started_ms = self.clock.now_ms()
+            try:
+                return import_files(
+                    [Path(p) for p in paths], project=project, fmt=fmt,
+                    event_store=self.events, state_store=self.state, progress=progress,
+                    clock=self.clock, policy=StitchPolicy.from_settings(self.settings),
+                    time_window=(self.settings.sensors_time_window if time_window is None
+                                 else time_window),
+                )
+            finally:
+                # Also after a failure: what was loaded before it stays loaded.
+                if pipeline is not None:
+                    pipeline.remember_since(started_ms)
 
     def close(self) -> None:
         self.stop_workers()

@@ -49,8 +49,6 @@ def _has_demo(runtime: Any) -> bool:
 
 
 def _build(runtime: Any, seed: int, customers: int, days: int) -> None:
-    from ..track.importer import import_files
-    from ..track.stitch import StitchPolicy
     from . import write_sensors_ndjson
 
     settings = runtime.settings
@@ -65,11 +63,8 @@ def _build(runtime: Any, seed: int, customers: int, days: int) -> None:
     click.echo(f"  {n:,} Sensors records written in {time.monotonic() - started:.1f} s")
     bar, update = import_progress("loading through validation and stitching")
     with bar:
-        report = import_files(
-            [path], project="default", fmt="sensors", event_store=runtime.events,
-            state_store=runtime.state, progress=update, clock=runtime.clock,
-            policy=StitchPolicy.from_settings(settings), time_window=False,
-        )
+        report = runtime.import_files([path], project="default", fmt="sensors",
+                                      progress=update, time_window=False)
     click.echo(f"  loaded {report.loaded:,} events ({report.events_per_s:,.0f}/s), "
                f"{report.rejected:,} rejected (the demo's deliberate junk), e.g.:")
     for issue in report.issues[:3]:

@@ -12,8 +12,6 @@ import asyncio
 import os
 import re
 import tempfile
-import threading
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,20 +166,10 @@ def build_router() -> APIRouter:
 
 
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
-# One import at a time: each holds the ingest pipeline and rebuilds the project's replica.
-_IMPORT_LOCK = threading.Lock()
 
 
 def _run_import(rt: Runtime, path: Path, project: str, fmt: str) -> ImportReport:
-    from ..track.importer import import_files
-    from ..track.stitch import StitchPolicy
-
-    with _IMPORT_LOCK, rt.pipeline.paused() if rt.pipeline is not None else nullcontext():
-        return import_files(
-            [path], project=project, fmt=fmt, event_store=rt.events, state_store=rt.state,
-            clock=rt.clock, policy=StitchPolicy.from_settings(rt.settings),
-            time_window=rt.settings.sensors_time_window,
-        )
+    return rt.import_files([path], project=project, fmt=fmt)
 
 
 @hookimpl

@@ -160,10 +160,12 @@ class IngestPipeline:
         self._stopping = threading.Event()
         self._step_lock = threading.Lock()
         self._failure: BaseException | None = None
-        self._rebuild_dedupe(dedupe_horizon_ms)
+        self.remember_since(self._clock.now_ms() - dedupe_horizon_ms)
 
-    def _rebuild_dedupe(self, horizon_ms: int) -> None:
-        since = self._clock.now_ms() - horizon_ms
+    def remember_since(self, since_ms: int) -> None:
+        """Add to the duplicate filter the ids the stores received since ``since_ms``:
+        at start, the dedupe horizon; after an import, what it loaded."""
+        since = since_ms
         table = self._events.recent_event_ids(since)
         if table.num_rows:
             projects = table.column("project").to_pylist()

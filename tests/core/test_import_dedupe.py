@@ -27,10 +27,15 @@ def count(rt: Any) -> int:
     return int(result.rows[0][0])
 
 
-def test_acknowledged_before_the_import_and_applied_after_it(tmp_path: Path) -> None:
-    now = int(time.time() * 1000)
+def history(tmp_path: Path, now: int) -> Path:
     path = tmp_path / "history.ndjson"
     path.write_text("\n".join(json.dumps(r) for r in records(now)) + "\n")
+    return path
+
+
+def test_acknowledged_before_the_import_and_applied_after_it(tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    path = history(tmp_path, now)
     rt = open_runtime(load_settings(tmp_path / "data", env={}))
     try:
         # In the log, not applied yet: the import cannot see these in the store.
@@ -46,8 +51,7 @@ def test_acknowledged_before_the_import_and_applied_after_it(tmp_path: Path) -> 
 
 def test_imported_first_then_sent_live(tmp_path: Path) -> None:
     now = int(time.time() * 1000)
-    path = tmp_path / "history.ndjson"
-    path.write_text("\n".join(json.dumps(r) for r in records(now)) + "\n")
+    path = history(tmp_path, now)
     rt = open_runtime(load_settings(tmp_path / "data", env={}))
     try:
         assert _run_import(rt, path, "default", "sensors").loaded == 3

@@ -69,11 +69,14 @@ SOURCES: dict[str, str] = {"sensors": "sensors", "segment": "segment", "csv": "i
                            "parquet": "import"}
 
 MAX_ISSUES = 1000  # issues kept in the report; all of them are counted
-CHUNK_BYTES = 16 * 1024 * 1024
+# Big enough that DuckDB spreads a chunk's fast path over its threads (a morsel is
+# 122,880 rows, some 30 MB of SDK lines) and per-chunk work is amortized; a chunk in
+# flight costs some three times its size in memory.
+CHUNK_BYTES = 64 * 1024 * 1024
 # Lines of a chunk left by the fast path worth a worker process's start and transfer.
 POOL_MIN_LINES = 5_000
 DEDUPE_HORIZON_MS = 48 * 3600 * 1000
-MAX_PENDING_EVENTS = 20_000_000  # events whose profile counts wait for one write
+MAX_PENDING_ROWS = 5_000_000  # (profile, chunk) counts that wait for one write
 APPEND_ROWS = 200_000
 
 
@@ -165,7 +168,8 @@ def import_files(
     )
     report = ImportReport()
     started = time.perf_counter()
-    con = duckdb.connect(config={"threads": 1})
+    # DuckDB runs the fast path on every core: a chunk holds several of its morsels.
+    con = duckdb.connect()
     try:
         for raw_path in paths:
             path = Path(raw_path)
@@ -349,7 +353,10 @@ def _import_sensors(
                 with report.timed("validate_sql"):
                     rest = validate_columns(con, staged, **checks)
             window.append((rows, rest, block))
-            if len(window) > workers:  # bounded: at most workers + 1 chunks in memory
+            # In file order: a chunk whose rest is done goes on at once, one whose rest
+            # is in a worker waits while later chunks are prepared, up to workers + 1
+            # chunks in memory.
+            while window and (len(window) > workers or isinstance(window[0][1], BulkChunk)):
                 next_done()
         while window:
             next_done()
@@ -437,8 +444,8 @@ class _Loader:
         # profile merged later stays right: events keep their profile id and the
         # user map re-attributes them. An unbind clears it (the identity moves).
         self.known = IdOwners()
-        # (profile id, time) of events not yet counted on their profiles: one
-        # touch_profiles call at the end instead of one per chunk.
+        # Per chunk, (profile id, count, first, last time) of events not yet counted
+        # on their profiles: one touch_profiles call at the end, not one per chunk.
         self.pending_stats: list[pa.Table] = []
         self.pending_rows = 0
         # Events wait for APPEND_ROWS of them: big appends cost DuckDB less per row.
@@ -536,9 +543,12 @@ class _Loader:
         self.pending_append = IngestBatch(events=EVENT_SCHEMA.empty_table(), offset=0)
 
     def _count(self, profile_ids: np.ndarray, times: pa.ChunkedArray) -> None:
-        self.pending_stats.append(pa.table({"p": profile_ids, "t": times}))
-        self.pending_rows += len(profile_ids)
-        if self.pending_rows >= MAX_PENDING_EVENTS:
+        # Counted per chunk at once: keeping ``times`` would keep alive the whole
+        # result DuckDB exported it with (canonical texts, properties) until the end.
+        self.pending_stats.append(pa.table({"p": profile_ids, "t": times}).group_by("p").aggregate(
+            [("t", "count"), ("t", "min"), ("t", "max")]))
+        self.pending_rows += self.pending_stats[-1].num_rows
+        if self.pending_rows >= MAX_PENDING_ROWS:
             self.flush_counts()
 
     def flush_counts(self) -> None:
@@ -548,11 +558,11 @@ class _Loader:
         if not self.pending_stats:
             return
         stats = pa.concat_tables(self.pending_stats).group_by("p").aggregate(
-            [("t", "count"), ("t", "min"), ("t", "max")])
+            [("t_count", "sum"), ("t_min", "min"), ("t_max", "max")])
         with self.state_store.transaction() as tx:
             touch_profiles(tx, self.project, zip(
-                stats.column("p").to_pylist(), stats.column("t_count").to_pylist(),
-                stats.column("t_min").to_pylist(), stats.column("t_max").to_pylist(),
+                stats.column("p").to_pylist(), stats.column("t_count_sum").to_pylist(),
+                stats.column("t_min_min").to_pylist(), stats.column("t_max_max").to_pylist(),
                 strict=True))
         self.pending_stats.clear()
         self.pending_rows = 0

@@ -77,6 +77,7 @@ CHUNK_BYTES = 64 * 1024 * 1024
 POOL_MIN_LINES = 5_000
 DEDUPE_HORIZON_MS = 48 * 3600 * 1000
 MAX_PENDING_ROWS = 5_000_000  # (profile, chunk) counts that wait for one write
+TOUCH_ROWS = 100_000
 APPEND_ROWS = 200_000
 
 
@@ -559,12 +560,14 @@ class _Loader:
             return
         stats = pa.concat_tables(self.pending_stats).group_by("p").aggregate(
             [("t_count", "sum"), ("t_min", "min"), ("t_max", "max")])
-        with self.state_store.transaction() as tx:
-            touch_profiles(tx, self.project, zip(
-                stats.column("p").to_pylist(), stats.column("t_count_sum").to_pylist(),
-                stats.column("t_min_min").to_pylist(), stats.column("t_max_max").to_pylist(),
-                strict=True))
         self.pending_stats.clear()
+        with self.state_store.transaction() as tx:
+            # In slices: a million profiles as Python rows at once would cost a GB.
+            for part in stats.to_batches(max_chunksize=TOUCH_ROWS):
+                touch_profiles(tx, self.project, zip(
+                    part.column("p").to_pylist(), part.column("t_count_sum").to_pylist(),
+                    part.column("t_min_min").to_pylist(), part.column("t_max_max").to_pylist(),
+                    strict=True))
         self.pending_rows = 0
 
     def _bulk_events(self, rows: pa.Table, profile_ids: np.ndarray) -> pa.Table:

@@ -299,9 +299,11 @@ def iter_identities(tx: StateTx, project: str) -> Iterator[IdentityRow]:
         rows = tx.fetchall(
             "SELECT i.id_type, i.id_value, p.survivor FROM identities i "
             "JOIN profiles p ON p.user_id = i.user_id WHERE i.project = ? "
-            "AND (i.id_type > ? OR (i.id_type = ? AND i.id_value > ?)) "
+            # A row value, not "a > ? OR (a = ? AND b > ?)": both stores seek the
+            # primary key to it, where the OR form scanned from the start each page.
+            "AND (i.id_type, i.id_value) > (?, ?) "
             "ORDER BY i.id_type, i.id_value LIMIT ?",
-            (project, after[0], after[0], after[1], _PAGE),
+            (project, after[0], after[1], _PAGE),
         )
         for t, v, s in rows:
             yield IdentityRow(project=project, id_type=t, id_value=v, user_id=int(s))
@@ -315,9 +317,9 @@ def iter_items(tx: StateTx, project: str) -> Iterator[ItemRow]:
     while True:
         rows = tx.fetchall(
             "SELECT item_type, item_id, properties, updated_ms FROM items WHERE project = ? "
-            "AND (item_type > ? OR (item_type = ? AND item_id > ?)) "
+            "AND (item_type, item_id) > (?, ?) "
             "ORDER BY item_type, item_id LIMIT ?",
-            (project, after[0], after[0], after[1], _PAGE),
+            (project, after[0], after[1], _PAGE),
         )
         for t, i, props, updated in rows:
             yield ItemRow(project=project, item_type=t, item_id=i,

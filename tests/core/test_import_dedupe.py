@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_raw_ingest import request, run_async
 
 from touchline.config import load_settings
 from touchline.runtime import open_runtime
 from touchline.server.core_hooks import _run_import
+from touchline.track import ingest as ingest_mod
 from touchline.track.sensors import sensors_raw_batch
 
 
@@ -33,7 +35,10 @@ def history(tmp_path: Path, now: int) -> Path:
     return path
 
 
-def test_acknowledged_before_the_import_and_applied_after_it(tmp_path: Path) -> None:
+def test_acknowledged_before_the_import_and_applied_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_mod, "REMEMBER_ROWS", 2)  # the ids taken in slices
     now = int(time.time() * 1000)
     path = history(tmp_path, now)
     rt = open_runtime(load_settings(tmp_path / "data", env={}))

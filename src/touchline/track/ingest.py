@@ -42,6 +42,8 @@ __all__ = [
 
 log = logging.getLogger("touchline.ingest")
 
+REMEMBER_ROWS = 100_000  # stored event ids turned into filter keys at a time
+
 RawDecoder = Callable[[RawBatch, ProjectDirectory, DecodeOptions], Decoded]
 
 # The protocols whose collector logs requests undecoded (see raw.py).
@@ -165,16 +167,17 @@ class IngestPipeline:
     def remember_since(self, since_ms: int) -> None:
         """Add to the duplicate filter the ids the stores received since ``since_ms``:
         at start, the dedupe horizon; after an import, what it loaded."""
-        since = since_ms
-        table = self._events.recent_event_ids(since)
-        if table.num_rows:
-            projects = table.column("project").to_pylist()
-            ids = table.column("event_id").to_pylist()
+        table = self._events.recent_event_ids(since_ms)
+        # A slice at a time: ten million ids as Python strings at once would cost
+        # some 2 GB at start-up or after a big import.
+        for batch in table.to_batches(max_chunksize=REMEMBER_ROWS):
+            projects = batch.column("project").to_pylist()
+            ids = batch.column("event_id").to_pylist()
             self._dedupe.add_known(
                 (event_key(p, i) for p, i in zip(projects, ids, strict=True)), self._clock.now_ms()
             )
         with self._state.transaction(read_only=True) as tx:
-            others = tx.recent_records(since)
+            others = tx.recent_records(since_ms)
         if others:
             self._dedupe.add_known((event_key(p, i) for p, i in others), self._clock.now_ms())
 

@@ -338,3 +338,13 @@ def test_fast_and_python_paths_load_the_same(tmp_path: Path) -> None:
                     [row[:5] for row in table], sorted(sorted(p) for p in people.values())))
     assert got[0][1] > 300
     assert got[0] == got[1]
+
+
+def test_collector_thresholds_are_restored(stores: tuple[EventStore, Any], tmp_path: Path) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    path = write_ndjson(tmp_path / "a.ndjson", [track("view_menu", "d1"), b"{bad"])
+    report = run(stores, path, "sensors")
+    assert (report.loaded, report.rejected) == (1, 1)
+    assert gc.get_threshold() == before

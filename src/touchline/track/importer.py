@@ -137,8 +137,8 @@ class ImportReport:
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
     """Stitching new users allocates millions of rows as tuples: with the default
-    thresholds the collector would rescan everything alive many times over (8% of a
-    million-user import). Restored afterwards."""
+    thresholds the collector would rescan everything alive many times over (46-51 s
+    against 39-44 s for 2M lines of 1M new users). Restored afterwards."""
     before = gc.get_threshold()
     gc.set_threshold(max(before[0], 50_000), *before[1:])
     try:

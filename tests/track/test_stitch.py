@@ -445,3 +445,26 @@ def test_known_people_cost_a_fixed_number_of_statements(tmp_path: Path) -> None:
         assert len(statements) <= 6, statements
     finally:
         store.close()
+
+
+def test_events_restating_a_known_link_cost_a_fixed_number_of_statements(tmp_path: Path) -> None:
+    # After login the JS SDK sends the login and cookie ids with every event: a link
+    # each time, but one that changes nothing once the two are one person.
+    store = open_state_store("", tmp_path)
+    r = Rec()
+    try:
+        first = apply(store, [r.link({"login_id": f"u{n}", "anonymous_id": f"c{n}"})
+                              for n in range(200)])
+        statements: list[str] = []
+        with store.transaction() as tx:
+            tx.conn.set_trace_callback(statements.append)
+            out = apply_records(tx, [
+                r.track({"login_id": f"u{n % 200}", "anonymous_id": f"c{n % 200}"}, link=True)
+                for n in range(2000)], POLICY)
+            tx.conn.set_trace_callback(None)
+        assert out.errors == []
+        assert out.profile_ids == [first.profile_ids[n % 200] for n in range(2000)]
+        assert {p.event_count for p in out.profiles} == {10}
+        assert len(statements) <= 6, statements
+    finally:
+        store.close()

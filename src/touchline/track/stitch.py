@@ -247,7 +247,14 @@ class _Batch:
         self.errors.append((index, InvalidInput(field, rule, index=index)))
 
     def link(self, index: int, r: Record, keys: list[IdentityKey]) -> int:
-        known = [(k, pid) for k in keys if (pid := self.owner(k)) is not None]
+        owners = [self.owner(k) for k in keys]
+        first = owners[0]
+        if first is not None and owners.count(first) == len(owners):
+            # Every identity already belongs to one person (a JS SDK event after login
+            # carries its login and cookie ids every time): nothing to merge or attach,
+            # and no need to make the database current for the rule checks below.
+            return first
+        known = [(k, pid) for k, pid in zip(keys, owners, strict=True) if pid is not None]
         if not known:
             return self._link_new(index, keys)
         self.flush()

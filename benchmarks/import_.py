@@ -3,11 +3,15 @@
 Generates N Sensors track records (default 2,000,000; about 100,000 users, some
 records with a login flag), then in the same run times
 
-- DuckDB ``read_json`` of the file into a table (the peer: parsing alone), and
+- DuckDB ``read_json`` of the file into a table (the peer: parsing alone),
+- the floor of any import into a durable store: one DuckDB statement that parses the
+  file and inserts it into an on-disk table shaped like the event store's (no
+  validation, no duplicate check, no stitching, DuckDB's own 64-bit hash as the id),
+  then checkpoints it, and
 - ``import_files`` of the file into a fresh data directory (parse, validate, hash
   the event ids, stitch into the state store, append to the event store),
 
-and prints events/s of each and the ratio. Run: python benchmarks/import_.py [-n N]
+and prints events/s of each and the ratios. Run: python benchmarks/import_.py [-n N]
 """
 
 from __future__ import annotations
@@ -58,6 +62,32 @@ def generate(path: Path, n: int, users: int, seed: int = 7) -> None:
             f.write(b"\n".join(batch) + b"\n")
 
 
+# The event store's table (see touchline.store.events.duckdb), for the floor.
+_EVENTS_DDL = (
+    "CREATE TABLE tl_events (project VARCHAR NOT NULL, event_id VARCHAR NOT NULL,"
+    " event VARCHAR, profile_id BIGINT, distinct_id VARCHAR, time TIMESTAMP,"
+    " received_at TIMESTAMP, source VARCHAR, properties JSON)"
+)
+
+
+def _floor(path: Path, db: Path) -> float:
+    """Seconds to parse the file and store it durably, with nothing in between."""
+    con = duckdb.connect(str(db))
+    try:
+        con.execute(_EVENTS_DDL)
+        started = time.perf_counter()
+        con.execute(
+            "INSERT INTO tl_events SELECT 'default', hash(r)::VARCHAR, r.event, 0,"
+            " r.distinct_id, epoch_ms(r.time), now()::TIMESTAMP, 'sensors',"
+            " to_json(r.properties) FROM read_json(?, format = 'newline_delimited') AS r",
+            [str(path)])
+        con.execute("CHECKPOINT")
+        return time.perf_counter() - started
+    finally:
+        con.close()
+        db.unlink(missing_ok=True)
+
+
 @contextmanager
 def _state_url(url: str) -> Iterator[str]:
     if not url.startswith("postgresql://"):
@@ -102,6 +132,8 @@ def main() -> None:
         con.close()
         assert rows is not None and rows[0] == args.events
 
+        floor_s = _floor(path, root / "floor.duckdb")
+
         with _state_url(args.state_url) as url:
             events = open_event_store(root / "data")
             state = open_state_store(url, root / "data")
@@ -125,6 +157,10 @@ def main() -> None:
     print(f"import_files     : {report.seconds:7.2f} s  {ours:12,.0f} events/s"
           f"  (target 500,000); CPU {cpu_s:.2f} s (all threads)")
     print(f"ratio import/read_json: {ours / peer_rate:.2f}  (target >= 0.5)")
+    floor_rate = args.events / floor_s
+    print(f"floor (read_json + insert into an on-disk events table, nothing else): "
+          f"{floor_s:.2f} s  {floor_rate:,.0f} events/s, ratio floor/read_json "
+          f"{floor_rate / peer_rate:.2f}, import/floor {ours / floor_rate:.2f}")
     # Phases overlap (the fast path runs a chunk ahead in a thread): they add up to
     # more than the total.
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(report.timings.items()))

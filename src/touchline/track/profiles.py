@@ -172,7 +172,9 @@ def touch_profiles(
             a[0] += n
             a[1] = min(a[1], first)
             a[2] = max(a[2], last)
-    _touch(tx, [(s, a[0], a[1], a[2]) for s, a in agg.items()])
+    # In id order, the updates walk the profiles table's key in order: far fewer
+    # page misses once it outgrows the page cache.
+    _touch(tx, [(s, a[0], a[1], a[2]) for s, a in sorted(agg.items())])
 
 
 def _survivors(tx: StateTx, project: str, ids: Sequence[int]) -> dict[int, int]:

@@ -149,6 +149,57 @@ def test_small_chunks_keep_line_numbers(
     assert rows(stores, "SELECT count(*), count(DISTINCT user_id) FROM events") == [[295, 295]]
 
 
+def test_links_and_profile_operations_decoded_in_worker_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lines the bulk checks leave (links, sign-ups, profile and item operations,
+    # refusals) are decoded in the worker processes: the result is the one of a
+    # single-process import, refusals included.
+    monkeypatch.setattr(importer, "POOL_MIN_LINES", 1)
+    records: list[Any] = []
+    for i in range(40):
+        records += [
+            track("view_item", f"c{i}"),
+            {"type": "track_signup", "event": "$SignUp", "time": NOW - 900 + i,
+             "distinct_id": f"u{i}", "original_id": f"c{i}", "properties": {}},
+            {"type": "track", "event": "pay", "time": NOW - 800 + i, "distinct_id": f"u{i}",
+             "identities": {"$identity_login_id": f"u{i}", "$identity_cookie_id": f"c{i}"},
+             "properties": {"amount": i}},
+            {"type": "profile_increment", "time": NOW - 700 + i, "distinct_id": f"u{i}",
+             "properties": {"visits": 1, "$is_login_id": True}},
+            {"type": "item_set", "item_type": "dish", "item_id": f"d{i % 7}", "time": NOW,
+             "properties": {"price": i}},
+            {"type": "profile_set", "time": NOW, "distinct_id": f"u{i}",
+             "properties": {"date": "x"}},  # a reserved name: refused
+        ]
+    path = write_ndjson(tmp_path / "mixed.ndjson", records)
+    results = []
+    for workers in (1, 2):
+        data = tmp_path / f"data{workers}"
+        stores = (open_event_store(data), open_state_store("", data))
+        try:
+            report = run(stores, path, "sensors", chunk_bytes=2000, workers=workers)
+            assert ("parse_wait" in report.timings) == (workers > 1)
+            results.append((
+                issues(report), report.loaded,
+                rows(stores, "SELECT event, distinct_id, user_id FROM events ORDER BY time"),
+                rows(stores, "SELECT user_id, properties, event_count FROM profiles ORDER BY 1"),
+                rows(stores, "SELECT id_type, id_value, user_id FROM identities ORDER BY 1, 2"),
+                rows(stores, "SELECT item_id, properties FROM items ORDER BY 1"),
+            ))
+        finally:
+            stores[0].close()
+            stores[1].close()
+    single, pooled = results
+    assert pooled == single
+    found, loaded, events, profiles, identities, items = pooled
+    assert [line for line, _, _ in found] == [6 * i + 6 for i in range(40)]
+    assert loaded == 120
+    assert len(profiles) == 40 and {p[2] for p in profiles} == {3}
+    assert {p[1]["visits"] for p in profiles} == {1}
+    assert len(identities) == 120 and len(items) == 7  # anonymous, login and cookie ids
+
+
 def test_progress_is_reported(stores: tuple[EventStore, Any], tmp_path: Path) -> None:
     seen: list[int] = []
     path = write_ndjson(tmp_path / "s.ndjson", [track("ok", f"d{i}") for i in range(100)])

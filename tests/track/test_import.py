@@ -200,6 +200,33 @@ def test_links_and_profile_operations_decoded_in_worker_processes(
     assert len(identities) == 120 and len(items) == 7  # anonymous, login and cookie ids
 
 
+def test_event_counts_folded_and_written_mid_import_add_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Per-chunk counts are folded into one row per profile, and written to the
+    # state store when too many profiles wait: the totals are those of one write.
+    records = [track("view_item", f"d{(i * 7) % 40}", t=NOW - 100_000 + (i * 37) % 5000)
+               for i in range(200)]
+    path = write_ndjson(tmp_path / "s.ndjson", records)
+    sql = ("SELECT i.id_value, p.event_count, p.first_seen, p.last_seen FROM profiles p"
+           " JOIN identities i ON i.user_id = p.user_id ORDER BY 1")
+    results = []
+    for name, compact, pending in (("once", 10**9, 10**9), ("folded", 3, 10**9),
+                                   ("written", 3, 5)):
+        monkeypatch.setattr(importer, "COMPACT_ROWS", compact)
+        monkeypatch.setattr(importer, "MAX_PENDING_ROWS", pending)
+        data = tmp_path / name
+        stores = (open_event_store(data), open_state_store("", data))
+        try:
+            assert run(stores, path, "sensors", chunk_bytes=4000, workers=1).loaded == 200
+            results.append(rows(stores, sql))
+        finally:
+            stores[0].close()
+            stores[1].close()
+    assert len(results[0]) == 40 and sum(r[1] for r in results[0]) == 200
+    assert results[1] == results[0] and results[2] == results[0]
+
+
 def test_progress_is_reported(stores: tuple[EventStore, Any], tmp_path: Path) -> None:
     seen: list[int] = []
     path = write_ndjson(tmp_path / "s.ndjson", [track("ok", f"d{i}") for i in range(100)])

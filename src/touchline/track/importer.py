@@ -77,7 +77,9 @@ CHUNK_BYTES = 64 * 1024 * 1024
 # Lines of a chunk left by the fast path worth a worker process's start and transfer.
 POOL_MIN_LINES = 5_000
 DEDUPE_HORIZON_MS = 48 * 3600 * 1000
-MAX_PENDING_ROWS = 5_000_000  # (profile, chunk) counts that wait for one write
+MAX_PENDING_ROWS = 5_000_000  # profiles whose counts wait for one write
+COMPACT_ROWS = 1_000_000  # (profile, chunk) counts folded into one row per profile
+_STATS = ["p", "t_count", "t_min", "t_max"]  # profile, events, first and last time
 TOUCH_ROWS = 100_000
 APPEND_ROWS = 200_000
 
@@ -204,6 +206,7 @@ def import_files(
             loader.flush_events(report)
             loader.flush_counts()
         con.close()
+        loader.known.close()
         raise
     try:
         loader.flush_events(report)
@@ -216,6 +219,7 @@ def import_files(
         report.issues.sort(key=lambda issue: (order.get(issue.path, 0), issue.line))
     finally:
         con.close()
+        loader.known.close()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -506,6 +510,7 @@ class _Loader:
         # on their profiles: one touch_profiles call at the end, not one per chunk.
         self.pending_stats: list[pa.Table] = []
         self.pending_rows = 0
+        self.folded_rows = 0  # rows of the last fold of pending_stats
         # Events wait for APPEND_ROWS of them: big appends cost DuckDB less per row.
         self.pending_append = IngestBatch(events=EVENT_SCHEMA.empty_table(), offset=0)
         recent = event_store.recent_event_ids(now_ms - DEDUPE_HORIZON_MS)
@@ -604,10 +609,22 @@ class _Loader:
         # Counted per chunk at once: keeping ``times`` would keep alive the whole
         # result DuckDB exported it with (canonical texts, properties) until the end.
         self.pending_stats.append(pa.table({"p": profile_ids, "t": times}).group_by("p").aggregate(
-            [("t", "count"), ("t", "min"), ("t", "max")]))
+            [("t", "count"), ("t", "min"), ("t", "max")]).rename_columns(_STATS))
         self.pending_rows += self.pending_stats[-1].num_rows
-        if self.pending_rows >= MAX_PENDING_ROWS:
-            self.flush_counts()
+        if self.pending_rows >= max(COMPACT_ROWS, 2 * self.folded_rows):
+            # Per-chunk counts of the same profiles add up to one row each: folded
+            # together, they hold at most a row per profile, and one write at the end
+            # does (10M events of 1M people: one pass over the profiles, not two).
+            # Folded again only once the rows have doubled: a fold costs a group-by
+            # of everything pending (0.2 s for a million rows).
+            self.pending_stats = [self._totals()]
+            self.pending_rows = self.folded_rows = self.pending_stats[0].num_rows
+            if self.pending_rows >= MAX_PENDING_ROWS:
+                self.flush_counts()
+
+    def _totals(self) -> pa.Table:
+        return pa.concat_tables(self.pending_stats).group_by("p").aggregate(
+            [("t_count", "sum"), ("t_min", "min"), ("t_max", "max")]).rename_columns(_STATS)
 
     def flush_counts(self) -> None:
         """Add the events loaded so far to their profiles in the state store."""
@@ -617,17 +634,14 @@ class _Loader:
             return
         # Sorted by profile: every slice then reads and updates the profiles table in
         # key order (2.5M events of 680k new users: 28.7 s of stitching -> 22.3 s).
-        stats = pa.concat_tables(self.pending_stats).group_by("p").aggregate(
-            [("t_count", "sum"), ("t_min", "min"), ("t_max", "max")]).sort_by("p")
+        stats = self._totals().sort_by("p")
         self.pending_stats.clear()
         with self.state_store.transaction() as tx:
             # In slices: a million profiles as Python rows at once would cost a GB.
             for part in stats.to_batches(max_chunksize=TOUCH_ROWS):
                 touch_profiles(tx, self.project, zip(
-                    part.column("p").to_pylist(), part.column("t_count_sum").to_pylist(),
-                    part.column("t_min_min").to_pylist(), part.column("t_max_max").to_pylist(),
-                    strict=True))
-        self.pending_rows = 0
+                    *(part.column(name).to_pylist() for name in _STATS), strict=True))
+        self.pending_rows = self.folded_rows = 0
 
     def _bulk_events(self, rows: pa.Table, profile_ids: np.ndarray) -> pa.Table:
         n = rows.num_rows

@@ -1,9 +1,10 @@
-"""The import's key sets against plain Python sets and dicts."""
+"""The import's key sets against plain Python sets and dicts, and its line blocks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,3 +60,27 @@ def test_id_owners_matches_a_dict(chunks: list[list[str]]) -> None:
     assert owners.lookup("anonymous_id", pa.array(["a"])).tolist() == [-1]
     owners.clear()
     assert owners.lookup("login_id", pa.array(["a"])).tolist() == [-1]
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+       st.booleans(), st.integers(1, 64))
+@settings(max_examples=200, deadline=None)
+def test_blocks_cut_whole_lines(tmp_path_factory: pytest.TempPathFactory, lines: list[bytes],
+                                trailing: bool, chunk: int) -> None:
+    # Blocks hold whole lines, numbered from 1, whatever the chunk size (lines
+    # longer than a chunk included), and read every byte exactly once.
+    from touchline.track.importer import _blocks
+
+    content = b"\n".join(lines) + (b"\n" if trailing and lines else b"")
+    path = tmp_path_factory.mktemp("blocks") / "f.ndjson"
+    path.write_bytes(content)
+    got: list[bytes] = []
+    for block in _blocks(path, chunk):
+        parts = bytes(block.data).split(b"\n")
+        assert block.first == len(got) + 1 and block.count == len(parts)
+        got.extend(parts)
+        assert block.done <= len(content)
+    want = content.split(b"\n")
+    if content.endswith(b"\n"):
+        want.pop()
+    assert got == (want if content else [])

@@ -137,7 +137,7 @@ class SensorsSchema:
 class LineSplit:
     """The lines of a block: where each starts and ends, which are safe to try fast."""
 
-    data: bytes
+    data: bytes | bytearray
     first: int
     starts: np.ndarray  # int64, per line
     ends: np.ndarray  # int64, per line, exclusive, without the newline
@@ -148,10 +148,10 @@ class LineSplit:
         return len(self.starts)
 
     def line(self, index: int) -> bytes:
-        return self.data[int(self.starts[index]):int(self.ends[index])]
+        return bytes(self.data[int(self.starts[index]):int(self.ends[index])])
 
 
-def split_lines(data: bytes, first: int) -> LineSplit:
+def split_lines(data: bytes | bytearray, first: int) -> LineSplit:
     """Split whole lines (no trailing newline) and mark the byte-wise safe ones."""
     arr = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)

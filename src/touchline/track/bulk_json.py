@@ -370,11 +370,17 @@ def fast_sensors(
         return FastResult(BULK_SCHEMA.empty_table(), left)
     good = pa.concat_tables(accepted)
     ids = _hash_rows(good.column("canonical").combine_chunks())
+
+    def own(name: str) -> pa.Array:
+        # A copy: a column DuckDB exported keeps its whole result alive, canonical
+        # texts included (some 100 MB a 64 MB chunk), until the chunk is loaded.
+        return pa.concat_arrays(good.column(name).chunks)
+
+    distinct_id = own("distinct_id")
     rows = pa.table({
-        "line": good.column("line"), "event_id": ids, "event": good.column("event"),
-        "distinct_id": good.column("distinct_id"), "id_type": good.column("id_type"),
-        "id_value": good.column("distinct_id"), "time": good.column("time"),
-        "properties": good.column("properties"),
+        "line": own("line"), "event_id": ids, "event": own("event"),
+        "distinct_id": distinct_id, "id_type": own("id_type"), "id_value": distinct_id,
+        "time": own("time"), "properties": own("properties"),
     }).cast(BULK_SCHEMA)
     return FastResult(rows, left)
 

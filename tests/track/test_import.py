@@ -194,7 +194,7 @@ def test_links_and_profile_operations_decoded_in_worker_processes(
     assert pooled == single
     found, loaded, events, profiles, identities, items = pooled
     assert [line for line, _, _ in found] == [6 * i + 6 for i in range(40)]
-    assert loaded == 120
+    assert loaded == len(events) == 120
     assert len(profiles) == 40 and {p[2] for p in profiles} == {3}
     assert {p[1]["visits"] for p in profiles} == {1}
     assert len(identities) == 120 and len(items) == 7  # anonymous, login and cookie ids

@@ -392,8 +392,7 @@ _Decoded = tuple[list[Record], list[int], list[tuple[int, str, str]]]
 
 def _decode_others(
     others: dict[int, Any], line_of: Callable[[int], bytes | bytearray], project: str, *,
-    now_ms: int,
-    time_window: bool, extra_junk: frozenset[str],
+    now_ms: int, time_window: bool, extra_junk: frozenset[str],
 ) -> _Decoded:
     """The collector's own decoder over the records the bulk checks left, in line
     order: a rare shape is accepted, anything else gets the collector's exact error."""
